@@ -1,0 +1,29 @@
+"""Access to the per-app components the lifespan built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from app.config import Settings
+from app.image_pipeline import ImagePipeline
+from app.metrics import Metrics
+from app.safe_fetch import SafeFetcher
+from app.service import ChatService
+from app.upstream import UpstreamClient
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    images: ImagePipeline
+    fetcher: SafeFetcher
+    upstream: UpstreamClient
+    chat: ChatService
+
+
+def state_of(request: Request) -> AppState:
+    state: AppState = request.app.state.clip_proxy
+    return state

@@ -1,0 +1,33 @@
+"""Health for load balancers and orchestrators, and the Prometheus endpoint."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.deps import state_of
+from app.errors import Overloaded
+from app.metrics import CONTENT_TYPE
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Alive: the process answers. Never depends on the model or the upstream."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready for traffic: the encoder is loaded and warm, and the process is not draining."""
+    state = state_of(request)
+    if not state.images.ready:
+        error = Overloaded("the image encoder is not ready", retry_after_s=5, code="not_ready")
+        return JSONResponse(error.to_body(), error.status_code, headers=error.headers)
+    return JSONResponse({"status": "ready", "devices": state.images.devices})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(state_of(request).metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,108 @@
+"""Read a chat request from the wire: JSON, or multipart/form-data with image uploads.
+
+Multipart fields: `model`, `prompt` or `messages` (JSON), `stream`, any other request field
+as a JSON value (plain text if it is not JSON), and one or more files in `image`:
+
+    curl -F model=deepseek-r1 -F prompt='describe' -F stream=true -F image=@cat.jpg ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+from app.errors import InvalidRequest, PayloadTooLarge, TooManyImages
+from app.ingest import ImageSource, SourceKind
+from app.protocol import ChatCompletionRequest, validation_param
+
+IMAGE_FIELD = "image"
+
+
+async def read_chat_request(
+    request: Request, *, max_images: int, max_image_bytes: int, max_body_bytes: int
+) -> tuple[ChatCompletionRequest, list[ImageSource]]:
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        raw, uploads = await _read_multipart(request, max_images, max_image_bytes, max_body_bytes)
+    else:
+        raw, uploads = parse_json(await request.body()), []
+    return validate_chat(raw), uploads
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+
+
+def validate_chat(raw: Any) -> ChatCompletionRequest:
+    if not isinstance(raw, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        return ChatCompletionRequest.model_validate(raw)
+    except ValidationError as exc:
+        message, param = validation_param(exc)
+        raise InvalidRequest(message, param=param) from exc
+
+
+async def _read_multipart(
+    request: Request, max_images: int, max_image_bytes: int, max_body_bytes: int
+) -> tuple[dict[str, Any], list[ImageSource]]:
+    try:
+        form = await request.form(
+            max_files=max_images + 1, max_fields=256, max_part_size=max_body_bytes
+        )
+    except MultiPartException as exc:
+        raise InvalidRequest(f"malformed multipart body: {exc.message}") from exc
+    raw: dict[str, Any] = {}
+    uploads: list[ImageSource] = []
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name != IMAGE_FIELD:
+                    raise InvalidRequest(
+                        f"file field {name!r}: upload images in the field 'image'", param=name
+                    )
+                uploads.append(await _read_upload(value, len(uploads), max_image_bytes))
+            elif name in ("prompt", "model"):
+                raw[name] = value
+            else:
+                raw[name] = _form_value(name, value)
+    finally:
+        await form.close()
+    if len(uploads) > max_images:
+        raise TooManyImages(f"more than {max_images} images uploaded", param=IMAGE_FIELD)
+    prompt = raw.pop("prompt", None)
+    if prompt is not None:
+        if "messages" in raw:
+            raise InvalidRequest("send either 'prompt' or 'messages', not both", param="prompt")
+        raw["messages"] = [{"role": "user", "content": prompt}]
+    raw.setdefault("messages", [{"role": "user", "content": ""}] if uploads else None)
+    if raw["messages"] is None:
+        raise InvalidRequest("a multipart request needs 'prompt' or 'messages'", param="messages")
+    return raw, uploads
+
+
+def _form_value(name: str, value: str) -> Any:
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        if name == "messages":
+            raise InvalidRequest("'messages' must be a JSON array", param="messages") from None
+        return value  # `-F user=alice` means the string
+
+
+async def _read_upload(upload: UploadFile, index: int, max_bytes: int) -> ImageSource:
+    param = f"{IMAGE_FIELD}[{index}]"
+    if upload.size is not None and upload.size > max_bytes:
+        raise PayloadTooLarge(f"image is larger than {max_bytes} bytes", param=param)
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"image is larger than {max_bytes} bytes", param=param)
+    return ImageSource(kind=SourceKind.upload, param=param, data=data)

@@ -1,0 +1,58 @@
+"""`clip-proxy serve | make-test-model`: the console script."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clip-proxy", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+
+    make = commands.add_parser(
+        "make-test-model", help="write a tiny random-weight CLIP checkpoint for tests"
+    )
+    make.add_argument("directory", type=Path)
+    make.add_argument("--projection-dim", type=int, default=768)
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args.host, args.port)
+    return _make_test_model(args.directory, args.projection_dim)
+
+
+def _serve(host: str, port: int) -> int:
+    import uvicorn
+
+    from app.config import Settings
+    from app.main import create_app
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"clip-proxy: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    # One worker per process: the encoder owns the GPU; scale with replicas, not workers.
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return 0
+
+
+def _make_test_model(directory: Path, projection_dim: int) -> int:
+    from app.encoder.test_model import make_test_model
+
+    make_test_model(directory, projection_dim=projection_dim)
+    print(f"wrote a test CLIP checkpoint to {directory}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

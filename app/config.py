@@ -1,0 +1,122 @@
+"""Settings: the whole configuration of one proxy process, read from `CLIP_PROXY_*`.
+
+Build it in `create_app` (or the CLI), never at import time, so a test can hand in its own:
+
+    app = create_app(Settings(upstream_base_url="http://127.0.0.1:9000/v1"))
+
+Bad values are refused when the process starts, with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.protocol import PromptFormat
+
+_DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+
+MiB = 1024 * 1024
+
+
+class EncoderDtype(StrEnum):
+    auto = "auto"
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of clip-proxy; each has a default that works."""
+
+    model_config = SettingsConfigDict(env_prefix="CLIP_PROXY_", extra="ignore")
+
+    # Upstream
+    upstream_base_url: str = "https://api.lkeap.cloud.tencent.com/v1"
+    upstream_api_key: SecretStr = SecretStr("")
+    upstream_connect_timeout_s: float = Field(5.0, gt=0)
+    # Reasoning models may think for minutes between bytes: the read timeout is long.
+    upstream_read_timeout_s: float = Field(600.0, gt=0)
+    default_model: str = "deepseek-r1"
+
+    # Encoder
+    clip_model: str = "openai/clip-vit-large-patch14"
+    device: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
+    encoder_dtype: EncoderDtype = EncoderDtype.auto
+    max_batch: int = Field(32, ge=1, le=1024)
+    max_wait_ms: float = Field(5.0, ge=0, le=1000)
+    encode_timeout_s: float = Field(60.0, gt=0)
+
+    # Prompt rewriting
+    prompt_format: PromptFormat = PromptFormat.inline
+    embedding_decimals: int = Field(6, ge=1, le=9)
+
+    # Client side
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    cache_url: str = ""
+
+    # Limits on what a client may send
+    max_image_bytes: int = Field(20 * MiB, ge=1)
+    max_images_per_request: int = Field(16, ge=0)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_body_bytes: int = Field(64 * MiB, ge=1)
+
+    # Fetching image URLs: private and loopback targets are refused unless allowed here.
+    fetch_timeout_s: float = Field(5.0, gt=0)
+    fetch_max_redirects: int = Field(5, ge=0, le=20)
+    fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    fetch_allow_networks: Annotated[
+        list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
+    ] = Field(default_factory=list)
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _parse_device(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("CLIP_PROXY_DEVICE is empty; use auto, cpu, cuda, cuda:N or a list")
+        if value == ["auto"]:
+            return value
+        for device in value:
+            if not _DEVICE_PATTERN.match(device):
+                raise ValueError(f"CLIP_PROXY_DEVICE: {device!r} is not auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("api_keys", "fetch_allow_hosts", "fetch_allow_networks", mode="before")
+    @classmethod
+    def _parse_list(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("fetch_allow_hosts")
+    @classmethod
+    def _lower_hosts(cls, value: list[str]) -> list[str]:
+        return [host.lower().rstrip(".") for host in value]
+
+    @field_validator("upstream_base_url")
+    @classmethod
+    def _check_upstream(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("CLIP_PROXY_UPSTREAM_BASE_URL must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("cache_url")
+    @classmethod
+    def _check_cache_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("CLIP_PROXY_CACHE_URL must be empty or a redis:// URL")
+        return value

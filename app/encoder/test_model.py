@@ -1,0 +1,66 @@
+"""`clip-proxy make-test-model DIR`: a tiny CLIP checkpoint with random weights, built offline.
+
+It has the layout of `openai/clip-vit-large-patch14` (vision tower, text tower, image
+processor config, a byte-level tokenizer) and the same 224x224 input and projection size,
+so every code path runs; its vectors mean nothing. Seeded, so two builds are identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+)
+
+_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def _byte_level_vocab() -> dict[str, int]:
+    """Every byte, alone and as a word end: any text tokenizes, one token per byte."""
+    symbols = sorted(ByteLevel.alphabet())
+    tokens = symbols + [symbol + "</w>" for symbol in symbols] + list(_SPECIALS)
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def make_test_model(directory: Path, projection_dim: int = 768, seed: int = 0) -> Path:
+    vocab = _byte_level_vocab()
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "projection_dim": projection_dim,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"],
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 224,
+            "patch_size": 14,
+            # The vision-only model reads projection_dim from here, not from the top level.
+            "projection_dim": projection_dim,
+        },
+        projection_dim=projection_dim,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer)  # type: ignore[no-untyped-call]  # transformers ships no annotations here
+    processor.save_pretrained(directory)
+    return directory

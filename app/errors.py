@@ -1,0 +1,150 @@
+"""Every error the proxy answers with, and the one place that turns them into HTTP.
+
+The tree (status in brackets):
+
+    ProxyError                      any failure a client is told about
+    ├── InvalidRequest        [400] malformed JSON, missing or mistyped fields
+    │   ├── InvalidImage      [400] not an image, truncated, animated, bomb, unsupported format
+    │   ├── TooManyImages     [400] more images than CLIP_PROXY_MAX_IMAGES_PER_REQUEST
+    │   └── ForbiddenUrl      [400] an image URL the proxy will not fetch (SSRF rules)
+    ├── ImageFetchFailed      [400] an allowed URL that could not be fetched as an image
+    ├── PayloadTooLarge       [413] body or image over its byte limit
+    ├── Unauthorized          [401] missing or wrong client key
+    ├── Overloaded            [503] queue full, not ready, draining (carries Retry-After)
+    ├── EncoderFailed         [500] the model itself failed on a good image
+    └── UpstreamError               the DeepSeek side
+        ├── UpstreamUnreachable [502] connection refused, reset, bad response
+        ├── UpstreamTimeout   [504] no answer in time
+        └── UpstreamStatus    [its status] the upstream answered an error; body relayed
+
+Foreign exceptions (httpx, PIL, pydantic) are translated where they are raised,
+once, with `raise ... from exc`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class ProxyError(Exception):
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def to_body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+
+def error_body(
+    message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_sse_event(error: ProxyError) -> bytes:
+    """An error inside a stream that has already begun: one `data:` event, then the end."""
+    return b"data: " + orjson.dumps(error.to_body()) + b"\n\n"
+
+
+class InvalidRequest(ProxyError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidImage(InvalidRequest):
+    code = "invalid_image"
+
+
+class TooManyImages(InvalidRequest):
+    code = "too_many_images"
+
+
+class ForbiddenUrl(InvalidRequest):
+    code = "forbidden_url"
+
+
+class ImageFetchFailed(InvalidRequest):
+    code = "image_fetch_failed"
+
+
+class PayloadTooLarge(ProxyError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class Unauthorized(ProxyError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Overloaded(ProxyError):
+    status_code = 503
+    error_type = "overloaded_error"
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
+class EncoderFailed(ProxyError):
+    status_code = 500
+    error_type = "server_error"
+    code = "encoder_failed"
+
+
+class UpstreamError(ProxyError):
+    status_code = 502
+    error_type = "upstream_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class UpstreamStatus(UpstreamError):
+    """The upstream answered with an error status; the client sees that status and body."""
+
+    def __init__(self, status_code: int, body: bytes, content_type: str | None) -> None:
+        super().__init__(f"upstream answered {status_code}", code=str(status_code))
+        self.status_code = status_code
+        self.body = body
+        self.content_type = content_type
+
+    def to_body(self) -> dict[str, Any]:
+        # An upstream that already speaks OpenAI's error shape is relayed as it is;
+        # anything else (an HTML page from a gateway, say) is wrapped so clients can parse it.
+        try:
+            parsed = orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            return parsed
+        text = self.body[:2000].decode("utf-8", "replace").strip()
+        message = f"upstream answered {self.status_code}: {text}" if text else self.message
+        return error_body(message, self.error_type, None, self.code)

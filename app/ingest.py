@@ -1,0 +1,144 @@
+"""Image bytes from wherever a client put them, checked, and decoded into an RGB picture.
+
+Three sources: a base64 `data:` URL, a multipart upload, an http(s) URL (fetched by
+`SafeFetcher`). Limits apply before work is spent: bytes before decoding, pixels from the
+header before the full decode (the decompression-bomb guard).
+
+    data = await read_image_source(source, limits, fetcher)
+    image = decode_image(data, limits, param=source.param)   # in a worker thread
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from dataclasses import dataclass
+from enum import StrEnum
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.errors import InvalidImage, PayloadTooLarge
+from app.safe_fetch import SafeFetcher
+
+# Formats a chat client sends; anything else (SVG, TIFF, PSD, ICO...) is refused by name.
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,", re.I)
+
+
+class SourceKind(StrEnum):
+    data_url = "data_url"
+    upload = "upload"
+    url = "url"
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where one image of a request comes from. `param` names it in error messages."""
+
+    kind: SourceKind
+    param: str
+    url: str = ""
+    data: bytes = b""
+
+    @classmethod
+    def from_url(cls, url: str, param: str) -> ImageSource:
+        kind = SourceKind.data_url if url[:5].lower() == "data:" else SourceKind.url
+        return cls(kind=kind, param=param, url=url)
+
+
+async def read_image_source(
+    source: ImageSource, limits: ImageLimits, fetcher: SafeFetcher
+) -> bytes:
+    """The raw bytes of one image, within the byte limit."""
+    if source.kind is SourceKind.upload:
+        data = source.data
+    elif source.kind is SourceKind.data_url:
+        data = decode_data_url(source.url, limits.max_bytes, param=source.param)
+    else:
+        data = await fetcher.fetch(source.url, param=source.param)
+    if not data:
+        raise InvalidImage("the image is empty (0 bytes)", param=source.param)
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(f"image is larger than {limits.max_bytes} bytes", param=source.param)
+    return data
+
+
+def decode_data_url(url: str, max_bytes: int, *, param: str) -> bytes:
+    match = _DATA_URL.match(url)
+    if match is None:
+        raise InvalidImage("a data URL must look like data:image/png;base64,...", param=param)
+    mime = (match.group("mime") or "").lower()
+    if mime and not mime.startswith("image/"):
+        raise InvalidImage(f"data URL media type {mime!r} is not an image", param=param)
+    payload = url[match.end() :]
+    # Refuse oversized payloads before decoding them: base64 is 4 characters per 3 bytes.
+    if len(payload) * 3 // 4 > max_bytes + 3:
+        raise PayloadTooLarge(f"image is larger than {max_bytes} bytes", param=param)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImage("the data URL is not valid base64", param=param) from exc
+
+
+def decode_image(data: bytes, limits: ImageLimits, *, param: str | None) -> Image.Image:
+    """Decode, check and normalise an image: upright (EXIF), RGB, fully loaded."""
+    try:
+        with warnings.catch_warnings():
+            # PIL warns before it raises on bombs; the pixel check below is ours.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+            _check_header(opened, limits, param)
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise InvalidImage("the data is not a supported image", param=param) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # PIL's way of saying truncated or corrupt.
+        raise InvalidImage("the image is truncated or corrupt", param=param) from exc
+    return to_rgb(image)
+
+
+def _check_header(image: Image.Image, limits: ImageLimits, param: str | None) -> None:
+    if image.format not in ALLOWED_FORMATS:
+        raise InvalidImage(
+            f"image format {image.format} is not supported; send PNG, JPEG, WEBP or GIF",
+            param=param,
+        )
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidImage("the image has no pixels", param=param)
+    if width * height > limits.max_pixels:
+        raise InvalidImage(
+            f"image is {width}x{height}, more than {limits.max_pixels} pixels", param=param
+        )
+    if getattr(image, "is_animated", False):
+        raise InvalidImage("animated images are not supported; send one frame", param=param)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for any mode: transparency over white, 16-bit scaled, palettes expanded."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # PIL's own conversion clips 16-bit values at 255; scale them down instead.
+        sixteen_bit = image.mode.startswith("I;16")
+        image = image.convert("I")
+        high = image.getextrema()[1]
+        peak = 65535 if sixteen_bit else max(int(high), 1)  # type: ignore[arg-type]
+        image = image.point(lambda value: value * (255 / peak)).convert("L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

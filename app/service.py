@@ -1,0 +1,173 @@
+"""One chat request, end to end: find its images, encode them, rewrite, send upstream.
+
+Knows nothing of HTTP frameworks: it takes a validated request and returns what to answer,
+and the route picks the response class.
+
+    outcome = await service.complete(request, uploads=[], dry_run=False)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app.errors import ProxyError, TooManyImages
+from app.image_pipeline import ImagePipeline
+from app.ingest import ImageSource
+from app.protocol import ChatCompletionRequest, PromptFormat
+from app.rewrite import Location, Message, format_vector, last_user_index, rewrite_messages
+from app.upstream import UpstreamClient
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What would have gone upstream."""
+
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JsonReply:
+    status_code: int
+    body: bytes
+    media_type: str
+
+
+@dataclass(frozen=True)
+class StreamReply:
+    chunks: AsyncIterator[bytes]
+    media_type: str
+
+
+ChatOutcome = DryRun | JsonReply | StreamReply
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    default_model: str
+    prompt_format: PromptFormat
+    decimals: int
+    max_images: int
+
+
+class ChatService:
+    """Orchestrates one chat completion through the proxy."""
+
+    def __init__(
+        self, options: ChatOptions, images: ImagePipeline, upstream: UpstreamClient
+    ) -> None:
+        self._options = options
+        self._images = images
+        self._upstream = upstream
+
+    async def complete(
+        self,
+        request: ChatCompletionRequest,
+        uploads: Sequence[ImageSource] = (),
+        *,
+        dry_run: bool = False,
+    ) -> ChatOutcome:
+        body = request.upstream_body()
+        messages: list[Message] = body["messages"]
+        attach_uploads(messages, len(uploads))
+        sources = collect_image_sources(messages, uploads)
+        if len(sources) > self._options.max_images:
+            raise TooManyImages(
+                f"{len(sources)} images in one request; the limit is {self._options.max_images}",
+                param="messages",
+            )
+        vectors = await self._encode_all(sources)
+        body["messages"] = rewrite_messages(messages, vectors, self._options.prompt_format)
+        body.setdefault("model", None)
+        body["model"] = body["model"] or self._options.default_model
+        if dry_run:
+            return DryRun(body)
+        stream = bool(body.get("stream"))
+        reply = await self._upstream.open(
+            "POST", "/chat/completions", body=orjson.dumps(body), stream=stream
+        )
+        if stream:
+            return StreamReply(reply.relay(), reply.media_type)
+        return JsonReply(reply.status_code, await reply.read(), reply.media_type)
+
+    async def _encode_all(self, sources: dict[Location, ImageSource]) -> dict[Location, str]:
+        if not sources:
+            return {}
+        results: dict[Location, np.ndarray] = {}
+
+        async def encode_one(location: Location, source: ImageSource) -> None:
+            results[location] = await self._images.vector(source)
+
+        try:
+            # A TaskGroup cancels the siblings of a failed image, so one bad image stops
+            # its request's other encodes instead of leaving them to run for nobody.
+            async with asyncio.TaskGroup() as group:
+                for location, source in sources.items():
+                    group.create_task(encode_one(location, source))
+        except ExceptionGroup as group_error:
+            raise first_proxy_error(group_error) from None
+        decimals = self._options.decimals
+        return {location: format_vector(vector, decimals) for location, vector in results.items()}
+
+
+def first_proxy_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to show the client from a group of failures: the first one of ours."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return first_proxy_error(error)
+        if isinstance(error, ProxyError):
+            return error
+    return group.exceptions[0]
+
+
+UPLOAD_URL = "upload:"
+
+
+def attach_uploads(messages: list[Message], count: int) -> None:
+    """Put `count` uploaded-image parts at the end of the last user message, after its text."""
+    if count == 0:
+        return
+    placeholders = [
+        {"type": "image_url", "image_url": {"url": f"{UPLOAD_URL}{index}"}}
+        for index in range(count)
+    ]
+    index = last_user_index(messages)
+    if index < 0:
+        messages.append({"role": "user", "content": placeholders})
+        return
+    content = messages[index].get("content")
+    if isinstance(content, list):
+        parts = content
+    elif content:
+        parts = [{"type": "text", "text": content}]
+    else:
+        parts = []
+    messages[index]["content"] = parts + placeholders
+
+
+def collect_image_sources(
+    messages: list[Message], uploads: Sequence[ImageSource]
+) -> dict[Location, ImageSource]:
+    sources: dict[Location, ImageSource] = {}
+    for message_index, message in enumerate(messages):
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for part_index, part in enumerate(content):
+            if part.get("type") != "image_url":
+                continue
+            url: str = part["image_url"]["url"]
+            location = (message_index, part_index)
+            if url.startswith(UPLOAD_URL) and url[len(UPLOAD_URL) :].isdigit():
+                upload_index = int(url[len(UPLOAD_URL) :])
+                if upload_index < len(uploads):
+                    sources[location] = uploads[upload_index]
+                    continue
+            param = f"messages[{message_index}].content[{part_index}].image_url"
+            sources[location] = ImageSource.from_url(url, param)
+    return sources

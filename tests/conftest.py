@@ -1,0 +1,156 @@
+"""Shared fixtures: the test CLIP checkpoint, the fake upstream, and real proxy servers.
+
+Every proxy here is a real uvicorn server on a loopback port, reached over real sockets.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from app.config import Settings
+from app.encoder.test_model import make_test_model
+from app.main import create_app
+from tests.upstream_server import FakeUpstream
+
+DATA = Path(__file__).parent / "data"
+PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png"]
+
+
+def data_url(path_or_bytes: Path | bytes, mime: str = "image/png") -> str:
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else path_or_bytes.read_bytes()
+    if isinstance(path_or_bytes, Path) and path_or_bytes.suffix == ".jpg":
+        mime = "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ProxyServer:
+    """A clip-proxy app under a real uvicorn server in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning",
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait_ready: bool = True) -> ProxyServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        path = "/readyz" if wait_ready else "/healthz"
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + path, timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"proxy did not answer {path} in time")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def test_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_test_model(tmp_path_factory.mktemp("clip") / "model")
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_upstream(request: pytest.FixtureRequest) -> None:
+    if "upstream" in request.fixturenames:
+        request.getfixturevalue("upstream").reset()
+
+
+def proxy_settings(model_dir: Path, upstream_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "upstream_base_url": upstream_url,
+        "upstream_api_key": "sk-upstream-secret",
+        "clip_model": str(model_dir),
+        "device": "cpu",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def proxy(test_model_dir: Path, upstream: FakeUpstream) -> Iterator[ProxyServer]:
+    server = ProxyServer(proxy_settings(test_model_dir, upstream.base_url)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_proxy(
+    test_model_dir: Path, upstream: FakeUpstream
+) -> Iterator[Callable[..., ProxyServer]]:
+    """Start a proxy with its own settings; stopped at the end of the test."""
+    started: list[ProxyServer] = []
+
+    def start(wait_ready: bool = True, **overrides: Any) -> ProxyServer:
+        server = ProxyServer(proxy_settings(test_model_dir, upstream.base_url, **overrides))
+        started.append(server.start(wait_ready=wait_ready))
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def reference_vectors(test_model_dir: Path) -> dict[str, np.ndarray]:
+    """The seed's code path on the same checkpoint: CLIPProcessor + get_image_features + L2."""
+    import torch
+    from PIL import Image
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(test_model_dir)
+    processor = CLIPProcessor.from_pretrained(test_model_dir)
+    vectors = {}
+    for name in PHOTOS:
+        image = Image.open(DATA / name).convert("RGB")
+        inputs = processor(images=image, return_tensors="pt")
+        with torch.no_grad():
+            features = model.get_image_features(**inputs)
+        # transformers 5 returns an output object; 4.x returned the tensor itself.
+        features = getattr(features, "pooler_output", features)
+        normalized = features / features.norm(dim=-1, keepdim=True)
+        vectors[name] = normalized[0].numpy()
+    return vectors
+
+
+def parse_vector(text: str) -> np.ndarray:
+    return np.array([float(value) for value in text.split(",")], dtype=np.float64)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
