@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One-command set-up on a fresh Debian/Ubuntu machine: system packages the tests use
+# (nginx, prometheus, redis, curl), then a virtual environment with a CPU build of torch
+# and the project in editable mode. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for tool in curl nginx prometheus redis-server; do
+    command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+    packages=("${need[@]}")  # each tool is also its Debian package name
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+# Pinned so pip takes the CPU wheel; an unpinned torch pulls several GB of CUDA packages.
+# (Never torchvision: transformers' CLIP image processor works without it.)
+.venv/bin/pip install -q "torch==2.13.0"
+.venv/bin/pip install -q -e ".[test]"
+echo "set-up done: activate with '. .venv/bin/activate'"
