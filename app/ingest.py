@@ -99,7 +99,10 @@ def decode_image(data: bytes, limits: ImageLimits, *, param: str | None) -> Imag
             _check_header(opened, limits, param)
             opened.load()
             image = ImageOps.exif_transpose(opened)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        # PIL's own guard fires in open() for sizes far past ours.
+        raise InvalidImage(f"image has more than {limits.max_pixels} pixels", param=param) from exc
+    except UnidentifiedImageError as exc:
         raise InvalidImage("the data is not a supported image", param=param) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # PIL's way of saying truncated or corrupt.

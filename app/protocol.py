@@ -10,7 +10,15 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    Tag,
+    ValidationError,
+)
 
 
 class PromptFormat(StrEnum):
@@ -53,7 +61,8 @@ class ChatMessage(OpenAIModel):
 class ChatCompletionRequest(OpenAIModel):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool | None = None
+    # Strict: "yes" or 1 must not quietly turn a JSON request into a stream.
+    stream: StrictBool | None = None
 
     def upstream_body(self) -> dict[str, Any]:
         """The request as JSON-ready data, with only the fields the client set."""

@@ -1,4 +1,5 @@
-"""Read a chat request from the wire: JSON, or multipart/form-data with image uploads.
+"""Read a chat request from the wire: JSON, or a form (multipart/form-data with image
+uploads, or urlencoded as `curl -d` sends it).
 
 Multipart fields: `model`, `prompt` or `messages` (JSON), `stream`, any other request field
 as a JSON value (plain text if it is not JSON), and one or more files in `image`:
@@ -27,7 +28,7 @@ async def read_chat_request(
     request: Request, *, max_images: int, max_image_bytes: int, max_body_bytes: int
 ) -> tuple[ChatCompletionRequest, list[ImageSource]]:
     content_type = request.headers.get("content-type", "").lower()
-    if content_type.startswith("multipart/form-data"):
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         raw, uploads = await _read_multipart(request, max_images, max_image_bytes, max_body_bytes)
     else:
         raw, uploads = parse_json(await request.body()), []

@@ -65,7 +65,7 @@ class ClipImageEncoder:
         model = CLIPVisionModelWithProjection.from_pretrained(
             source, dtype=dtype, attn_implementation="sdpa"
         )
-        model.eval()  # type: ignore[no-untyped-call]  # transformers ships no annotation here
+        model.eval()
         model.to(device)  # type: ignore[arg-type]  # transformers' wrapper hides the signature
         logger.info("loaded CLIP vision tower", extra={"device": device, "dtype": str(dtype)})
         return cls(

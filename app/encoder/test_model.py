@@ -61,6 +61,6 @@ def make_test_model(directory: Path, projection_dim: int = 768, seed: int = 0) -
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer)  # type: ignore[no-untyped-call]  # transformers ships no annotations here
+    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer)
     processor.save_pretrained(directory)
     return directory
