@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
 from app.encoder.clip import ClipImageEncoder
 from app.encoder.preprocess import preprocess
