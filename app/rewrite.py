@@ -100,11 +100,12 @@ def last_user_index(messages: list[Message]) -> int:
 
 def rewrite_messages(
     messages: list[Message],
-    images: Mapping[Location, ImageFacts],
+    images: Mapping[Location, ImageFacts | str],
     prompt_format: PromptFormat,
     templates: ImageTemplates | None = None,
 ) -> list[Message]:
-    """New message dicts for the upstream; `images` holds the facts of each image part."""
+    """New message dicts for the upstream; `images` holds the facts of each image part
+    (or just its formatted vector)."""
     templates = templates or ImageTemplates()
     current = last_user_index(messages)
     as_refs = _retained_as_refs(messages, current, templates.max_retained_vectors)
@@ -120,9 +121,10 @@ def rewrite_messages(
                 if part.get("type") != "image_url":
                     parts.append(part)
                     continue
-                facts = images.get(location)
-                if facts is None:
+                found = images.get(location)
+                if found is None:
                     raise ValueError("image part without a vector")  # the service encodes all
+                facts = ImageFacts(vector=found) if isinstance(found, str) else found
                 if location in as_refs:
                     parts.append({"type": "text", "text": facts.render(templates.retained_ref)})
                 elif prompt_format is PromptFormat.inline:

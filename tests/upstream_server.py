@@ -50,8 +50,14 @@ def r1_events(
     usage = {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17}
     events.append(
         json.dumps(
-            {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1,
-             "model": MODEL, "choices": [], "usage": usage}
+            {
+                "id": "chatcmpl-test",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": MODEL,
+                "choices": [],
+                "usage": usage,
+            }
         )
     )
     events.append("[DONE]")
@@ -130,6 +136,7 @@ class FakeUpstream:
         asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        self._loop.close()
 
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -188,7 +195,10 @@ class FakeUpstream:
         if reply.stall_before_headers_s:
             await asyncio.sleep(reply.stall_before_headers_s)
         if path.endswith("/models"):
-            payload = {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "test"}]}
+            payload = {
+                "object": "list",
+                "data": [{"id": MODEL, "object": "model", "owned_by": "test"}],
+            }
             await self._send_json(writer, 200, payload, {})
             return True
         wants_stream = method == "POST" and bool(recorded.json.get("stream"))
