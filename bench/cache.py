@@ -224,10 +224,9 @@ def render(results: dict[str, Any]) -> str:
     lines += [
         "",
         "The tiny model encodes in about a millisecond, so its hit and miss are both the "
-        "request's own cost (reading a ~0.5 MB data URL, hashing, formatting 768 floats, "
+        "request's own cost (reading a ~0.3 MB data URL, hashing, formatting 768 floats, "
         "JSON) and differ by noise on a shared machine; the ViT-L/14 rows show what a miss "
-        "costs on CPU and what the cache saves. On a GPU a miss costs a few milliseconds of "
-        "model time plus the same request overhead.",
+        "costs on CPU and what the cache saves. No GPU was used for these figures.",
         "",
         f"Whole run: {results['wall_s']:.0f} s.",
         "",
