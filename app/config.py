@@ -14,10 +14,11 @@ import re
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.protocol import PromptFormat
+from app.rewrite import ImageTemplates, template_fields
 
 _DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
@@ -120,3 +121,50 @@ class Settings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("CLIP_PROXY_CACHE_URL must be empty or a redis:// URL")
         return value
+
+    # --- Feature cache, conversation memory, zero-shot labels (issue #6) ---
+    # In-process LRU of image vectors, bounded in bytes (about 3 KiB per image); 0 turns it off.
+    cache_memory_bytes: int = Field(256 * MiB, ge=0)
+    # Redis (CACHE_URL): entry lifetime, per-operation timeout, and the key prefix.
+    cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    cache_timeout_ms: float = Field(100.0, gt=0, le=10_000)
+    cache_key_prefix: str = "clip-proxy:"
+    # Inline prompt templates; placeholders {vector} {labels} {sha256} {width} {height}.
+    image_template: str = ImageTemplates.image
+    retained_image_template: str = ImageTemplates.retained
+    retained_ref_template: str = ImageTemplates.retained_ref
+    # Earlier images that keep their full vector (the most recent); older ones become
+    # retained_ref_template. -1: all of them.
+    max_retained_vectors: int = Field(-1, ge=-1)
+    # Zero-shot labels: the top k of a vocabulary (a file, one label per line; empty = the
+    # shipped COCO + scenes list), each label encoded as labels_prompt. 0 turns them off.
+    labels_top_k: int = Field(0, ge=0, le=100)
+    labels_vocabulary: str = ""
+    labels_prompt: str = "a photo of a {label}"
+
+    @field_validator("image_template", "retained_image_template", "retained_ref_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        template_fields(value)  # raises ValueError naming the bad placeholder
+        return value
+
+    @field_validator("labels_prompt")
+    @classmethod
+    def _check_labels_prompt(cls, value: str) -> str:
+        if "{label}" not in value:
+            raise ValueError("CLIP_PROXY_LABELS_PROMPT must contain {label}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_labels(self) -> Settings:
+        if self.templates().uses("labels") and self.labels_top_k == 0:
+            raise ValueError("a template uses {labels}: set CLIP_PROXY_LABELS_TOP_K to 1 or more")
+        return self
+
+    def templates(self) -> ImageTemplates:
+        return ImageTemplates(
+            image=self.image_template,
+            retained=self.retained_image_template,
+            retained_ref=self.retained_ref_template,
+            max_retained_vectors=self.max_retained_vectors,
+        )

@@ -6,20 +6,28 @@ encoder pool batches what arrives from every request.
 
     pipeline = ImagePipeline(pool, limits, fetcher)
     vector = await pipeline.vector(ImageSource.from_url(url, param))
+
+With a cache (`app.cache`), the bytes' SHA-256 is looked up before any decoding, and
+identical images in flight at once are decoded and encoded once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from app.cache import EmbeddingCache, ImageEmbedding
 from app.encoder.pool import EncoderPool
 from app.encoder.preprocess import Pixels, preprocess
-from app.errors import Overloaded
+from app.errors import Overloaded, ProxyError
 from app.ingest import ImageLimits, ImageSource, decode_image, read_image_source
 from app.safe_fetch import SafeFetcher
+
+_HASH_IN_THREAD_BYTES = 256 * 1024
 
 
 class ImagePipeline:
@@ -31,7 +39,9 @@ class ImagePipeline:
         fetcher: SafeFetcher,
         *,
         preprocess_threads: int = 4,
+        cache: EmbeddingCache | None = None,
     ) -> None:
+        self.cache = cache
         self._limits = limits
         self._fetcher = fetcher
         self._executor = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="preprocess")
@@ -55,15 +65,47 @@ class ImagePipeline:
             self._pool.stop()
 
     async def vector(self, source: ImageSource) -> np.ndarray:
-        pool = self._require_pool()
-        data = await read_image_source(source, self._limits, self._fetcher)
-        loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(self._executor, self._prepare, data, source.param)
-        return await pool.encode(pixels)
+        return (await self.embed(source)).vector
 
-    def _prepare(self, data: bytes, param: str) -> Pixels:
+    async def embed(self, source: ImageSource) -> ImageEmbedding:
+        """The image's vector with its SHA-256 and size, from the cache when it holds it."""
+        self._require_pool()
+        data = await read_image_source(source, self._limits, self._fetcher)
+        sha256 = await self._sha256(data)
+        if self.cache is None:
+            return await self._compute(data, sha256, source.param)
+        try:
+            return await self.cache.get_or_compute(
+                sha256, lambda: self._compute(data, sha256, source.param)
+            )
+        except ProxyError as exc:
+            # A request that joined another's flight names its own image in the error.
+            if exc.param is None or exc.param == source.param:
+                raise
+            own = copy.copy(exc)
+            own.param = source.param
+            raise own from exc
+
+    async def _compute(self, data: bytes, sha256: str, param: str) -> ImageEmbedding:
         pool = self._require_pool()
-        return preprocess(decode_image(data, self._limits, param=param), pool.spec)
+        loop = asyncio.get_running_loop()
+        pixels, width, height = await loop.run_in_executor(
+            self._executor, self._prepare, data, param
+        )
+        vector = await pool.encode(pixels)
+        return ImageEmbedding(sha256=sha256, vector=vector, width=width, height=height)
+
+    async def _sha256(self, data: bytes) -> str:
+        if len(data) < _HASH_IN_THREAD_BYTES:
+            return hashlib.sha256(data).hexdigest()
+        # hashlib releases the GIL on big buffers: a 20 MB image hashes off the event loop.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: hashlib.sha256(data).hexdigest())
+
+    def _prepare(self, data: bytes, param: str) -> tuple[Pixels, int, int]:
+        pool = self._require_pool()
+        image = decode_image(data, self._limits, param=param)
+        return preprocess(image, pool.spec), image.width, image.height
 
     def _require_pool(self) -> EncoderPool:
         if self._pool is None:

@@ -13,24 +13,32 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from app.api import chat, health, models
+from app.api import chat, embeddings, health, models
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import AppState
+from app.cache import EmbeddingCache, build_backends, namespace_of
 from app.config import Settings
-from app.encoder.clip import gpu_memory, load_encoders
+from app.embeddings_service import EmbeddingsOptions, EmbeddingsService
+from app.encoder.clip import ClipImageEncoder, gpu_memory, load_encoders
 from app.encoder.pool import BatchReport, EncoderPool
+from app.encoder.preprocess import PREPROCESS_VERSION
+from app.encoder.text import ClipTextEncoder, load_logit_scale, model_identity
 from app.errors import ProxyError, error_body
 from app.image_pipeline import ImagePipeline
 from app.ingest import ImageLimits
+from app.labels import Labeler, label_prompts, read_vocabulary
 from app.metrics import Metrics
 from app.safe_fetch import FetchPolicy, SafeFetcher
 from app.service import ChatOptions, ChatService
+from app.text_pipeline import TextPipeline
 from app.upstream import UpstreamClient
 
 logger = logging.getLogger(__name__)
@@ -49,11 +57,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             loader.cancel()
             state.images.close()
+            state.texts.close()
+            await state.cache.aclose()
             await state.upstream.aclose()
             await state.fetcher.aclose()
 
     app = FastAPI(title="clip-proxy", version="0.1.0", lifespan=lifespan)
     app.include_router(chat.router)
+    app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -72,10 +83,22 @@ def build_state(settings: Settings) -> AppState:
             allow_networks=tuple(settings.fetch_allow_networks),
         )
     )
+    cache = EmbeddingCache(
+        build_backends(
+            settings.cache_memory_bytes,
+            settings.cache_url,
+            ttl_s=settings.cache_ttl_s,
+            timeout_s=settings.cache_timeout_ms / 1000,
+        ),
+        metrics,
+        prefix=settings.cache_key_prefix,
+    )
     images = ImagePipeline(
         ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
         fetcher,
+        cache=cache,
     )
+    texts = TextPipeline()
     upstream = UpstreamClient(
         settings.upstream_base_url,
         settings.upstream_api_key.get_secret_value(),
@@ -87,6 +110,12 @@ def build_state(settings: Settings) -> AppState:
         prompt_format=settings.prompt_format,
         decimals=settings.embedding_decimals,
         max_images=settings.max_images_per_request,
+        templates=settings.templates(),
+    )
+    embeddings_options = EmbeddingsOptions(
+        model_name=settings.clip_model,
+        max_inputs=2048,
+        max_images=settings.max_images_per_request,
     )
     return AppState(
         settings=settings,
@@ -95,6 +124,9 @@ def build_state(settings: Settings) -> AppState:
         fetcher=fetcher,
         upstream=upstream,
         chat=ChatService(options, images, upstream),
+        cache=cache,
+        texts=texts,
+        embeddings=EmbeddingsService(embeddings_options, images, texts),
     )
 
 
@@ -107,6 +139,8 @@ async def start_encoders(settings: Settings, state: AppState) -> None:
     except Exception:
         logger.exception("could not load the CLIP encoder; /readyz stays 503")
         return
+    if not await start_text_side(settings, state, encoders[0]):
+        return
     pool = EncoderPool(
         encoders,
         max_batch=settings.max_batch,
@@ -116,6 +150,42 @@ async def start_encoders(settings: Settings, state: AppState) -> None:
     pool.start()
     state.images.attach(pool)
     logger.info("encoder ready", extra={"devices": pool.devices})
+
+
+async def start_text_side(settings: Settings, state: AppState, vision: ClipImageEncoder) -> bool:
+    """Name the cache's namespace, load the text tower, and encode the label vocabulary.
+    False when the process must not open (labels are on but cannot be computed)."""
+    identity = await asyncio.to_thread(model_identity, settings.clip_model)
+    state.cache.bind(namespace_of(identity, PREPROCESS_VERSION, str(vision.dtype)))
+    try:
+        text = await asyncio.to_thread(
+            ClipTextEncoder.load, settings.clip_model, vision.name, settings.encoder_dtype.value
+        )
+    except Exception:
+        if settings.labels_top_k > 0:
+            logger.exception("labels are on but the CLIP text tower did not load; not ready")
+            return False
+        logger.exception("no CLIP text tower: /v1/embeddings takes images only")
+        return True
+    state.texts.attach(text)
+    if settings.labels_top_k > 0:
+        state.chat.labeler = await asyncio.to_thread(build_labeler, settings, text)
+    return True
+
+
+def build_labeler(settings: Settings, text: ClipTextEncoder) -> Labeler:
+    """Every label's text vector, computed once at start."""
+    path = Path(settings.labels_vocabulary) if settings.labels_vocabulary else None
+    labels = read_vocabulary(path)
+    prompts = label_prompts(labels, settings.labels_prompt)
+    batches = range(0, len(prompts), 256)
+    vectors = [text.encode(prompts[start : start + 256])[0] for start in batches]
+    return Labeler(
+        labels=labels,
+        vectors=np.concatenate(vectors),
+        logit_scale=load_logit_scale(settings.clip_model),
+        top_k=settings.labels_top_k,
+    )
 
 
 def observe_batch(metrics: Metrics, report: BatchReport) -> None:

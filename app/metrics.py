@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -100,11 +101,37 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        # Cache: each backend (memory, redis) counts its own lookups, so a vector found in
+        # Redis after a memory miss is one memory miss and one redis hit; a vector computed
+        # is a miss in every backend.
         self.cache_hits = Counter(
-            "clip_proxy_cache_hits", "Image vectors served from the cache", registry=r
+            "clip_proxy_cache_hits",
+            "Image vectors found in a cache backend",
+            ["backend"],
+            registry=r,
         )
         self.cache_misses = Counter(
-            "clip_proxy_cache_misses", "Image vectors that had to be computed", registry=r
+            "clip_proxy_cache_misses",
+            "Image vector lookups a cache backend did not hold",
+            ["backend"],
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "clip_proxy_cache_errors",
+            "Cache operations that failed or were skipped (the vector was computed instead)",
+            ["backend"],
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "clip_proxy_cache_bytes",
+            "Bytes of vectors held by an in-process cache backend",
+            ["backend"],
+            registry=r,
+        )
+        self.cache_single_flight_joins = Counter(
+            "clip_proxy_cache_single_flight_joins",
+            "Image lookups that joined an identical one already in flight",
+            registry=r,
         )
         r.register(_GpuMemoryCollector(gpu_memory))
 

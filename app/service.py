@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import orjson
 
+from app.cache import ImageEmbedding
 from app.errors import ProxyError, TooManyImages
 from app.image_pipeline import ImagePipeline
 from app.ingest import ImageSource
+from app.labels import Labeler
 from app.protocol import ChatCompletionRequest, PromptFormat
-from app.rewrite import Location, Message, format_vector, last_user_index, rewrite_messages
+from app.rewrite import (
+    ImageFacts,
+    ImageTemplates,
+    Location,
+    Message,
+    format_vector,
+    last_user_index,
+    rewrite_messages,
+)
 from app.upstream import UpstreamClient
 
 
@@ -53,6 +62,7 @@ class ChatOptions:
     prompt_format: PromptFormat
     decimals: int
     max_images: int
+    templates: ImageTemplates = field(default_factory=ImageTemplates)
 
 
 class ChatService:
@@ -64,6 +74,8 @@ class ChatService:
         self._options = options
         self._images = images
         self._upstream = upstream
+        # Set once the text tower has encoded the vocabulary, when labels are on.
+        self.labeler: Labeler | None = None
 
     async def complete(
         self,
@@ -81,8 +93,10 @@ class ChatService:
                 f"{len(sources)} images in one request; the limit is {self._options.max_images}",
                 param="messages",
             )
-        vectors = await self._encode_all(sources)
-        body["messages"] = rewrite_messages(messages, vectors, self._options.prompt_format)
+        images = await self._encode_all(sources)
+        body["messages"] = rewrite_messages(
+            messages, images, self._options.prompt_format, self._options.templates
+        )
         body.setdefault("model", None)
         body["model"] = body["model"] or self._options.default_model
         if dry_run:
@@ -95,13 +109,13 @@ class ChatService:
             return StreamReply(reply.relay(), reply.media_type)
         return JsonReply(reply.status_code, await reply.read(), reply.media_type)
 
-    async def _encode_all(self, sources: dict[Location, ImageSource]) -> dict[Location, str]:
+    async def _encode_all(self, sources: dict[Location, ImageSource]) -> dict[Location, ImageFacts]:
         if not sources:
             return {}
-        results: dict[Location, np.ndarray] = {}
+        results: dict[Location, ImageEmbedding] = {}
 
         async def encode_one(location: Location, source: ImageSource) -> None:
-            results[location] = await self._images.vector(source)
+            results[location] = await self._images.embed(source)
 
         try:
             # A TaskGroup cancels the siblings of a failed image, so one bad image stops
@@ -111,8 +125,21 @@ class ChatService:
                     group.create_task(encode_one(location, source))
         except ExceptionGroup as group_error:
             raise first_proxy_error(group_error) from None
-        decimals = self._options.decimals
-        return {location: format_vector(vector, decimals) for location, vector in results.items()}
+        # A history repeats its images: each distinct one is formatted (and labelled) once.
+        facts_by_sha: dict[str, ImageFacts] = {}
+        for embedding in results.values():
+            if embedding.sha256 not in facts_by_sha:
+                facts_by_sha[embedding.sha256] = self._facts(embedding)
+        return {location: facts_by_sha[image.sha256] for location, image in results.items()}
+
+    def _facts(self, embedding: ImageEmbedding) -> ImageFacts:
+        return ImageFacts(
+            vector=format_vector(embedding.vector, self._options.decimals),
+            sha256=embedding.sha256,
+            width=embedding.width,
+            height=embedding.height,
+            labels=self.labeler.describe(embedding.vector) if self.labeler else "",
+        )
 
 
 def first_proxy_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

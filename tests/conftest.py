@@ -157,3 +157,21 @@ def parse_vector(text: str) -> np.ndarray:
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def metric_value(proxy_url: str, name: str, **labels: str) -> float:
+    """One sample from the proxy's /metrics (0 when absent), e.g.
+    `metric_value(url, "clip_proxy_cache_hits_total", backend="memory")`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(proxy_url + "/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def images_encoded(proxy_url: str) -> float:
+    """How many images the proxy's encoder has run (the sum of clip_proxy_batch_size)."""
+    return metric_value(proxy_url, "clip_proxy_batch_size_sum")

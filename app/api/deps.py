@@ -6,11 +6,14 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from app.cache import EmbeddingCache
 from app.config import Settings
+from app.embeddings_service import EmbeddingsService
 from app.image_pipeline import ImagePipeline
 from app.metrics import Metrics
 from app.safe_fetch import SafeFetcher
 from app.service import ChatService
+from app.text_pipeline import TextPipeline
 from app.upstream import UpstreamClient
 
 
@@ -22,6 +25,10 @@ class AppState:
     fetcher: SafeFetcher
     upstream: UpstreamClient
     chat: ChatService
+    # Feature cache, text tower and embeddings (issue #6)
+    cache: EmbeddingCache
+    texts: TextPipeline
+    embeddings: EmbeddingsService
 
 
 def state_of(request: Request) -> AppState:

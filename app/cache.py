@@ -1,0 +1,294 @@
+"""A content-addressed cache of image vectors, with single flight in front of the encoder.
+
+Chat clients resend the whole history every turn, so the same photo comes back again and
+again; its vector is computed once. The key is the SHA-256 of the image bytes inside a
+namespace that names what made the vector (model name and weights, preprocessing version,
+dtype), so a new checkpoint or a preprocessing change never reads an old vector:
+
+    {prefix}{namespace}:{sha256 of the bytes}   ->   width, height (uint32) + float32 vector
+
+Backends are tried in order: an in-process LRU bounded in bytes, then (with
+`CLIP_PROXY_CACHE_URL=redis://...`) a Redis shared by every replica, with a TTL. A backend
+that fails or is slow is skipped, counted and logged; the vector is then computed, so the
+cache never fails a request. Concurrent requests for one key share one computation.
+
+    cache = EmbeddingCache([MemoryBackend(256 * MiB)], metrics)
+    cache.bind(namespace)                  # once the model is loaded
+    image = await cache.get_or_compute(sha256_hex, compute)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from app.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<II")  # width, height
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """One image's unit vector and the facts a prompt template may show about it."""
+
+    sha256: str
+    vector: npt.NDArray[np.float32]
+    width: int
+    height: int
+
+    def to_bytes(self) -> bytes:
+        return _HEADER.pack(self.width, self.height) + self.vector.astype("<f4").tobytes()
+
+    @classmethod
+    def from_bytes(cls, sha256: str, value: bytes) -> ImageEmbedding:
+        if len(value) <= _HEADER.size or (len(value) - _HEADER.size) % 4:
+            raise CacheUnavailable(f"a cached value of {len(value)} bytes is malformed")
+        width, height = _HEADER.unpack_from(value)
+        vector = np.frombuffer(value, dtype="<f4", offset=_HEADER.size).astype(np.float32)
+        return cls(sha256=sha256, vector=vector, width=width, height=height)
+
+
+def namespace_of(model_identity: str, preprocess_version: int, dtype: str) -> str:
+    """A short id for everything besides the image that decides the vector."""
+    text = f"{model_identity}|preprocess={preprocess_version}|dtype={dtype}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class CacheUnavailable(Exception):
+    """A backend could not answer (down, slow, or holding a malformed value)."""
+
+
+class CacheSkipped(CacheUnavailable):
+    """A backend left alone after a recent failure (counted, not logged again)."""
+
+
+class CacheBackend(Protocol):
+    name: str
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryBackend:
+    """An LRU in this process, bounded by the bytes of the values it holds."""
+
+    name = "memory"
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes_held = 0
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: str) -> bytes | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes) -> None:
+        if len(value) > self.max_bytes:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes_held -= len(old)
+        self._entries[key] = value
+        self.bytes_held += len(value)
+        while self.bytes_held > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes_held -= len(evicted)
+
+    async def aclose(self) -> None:
+        self._entries.clear()
+        self.bytes_held = 0
+
+
+class RedisBackend:
+    """A Redis shared by replicas. Short timeouts, no retries, and after a failure it is
+    left alone for `pause_s`, so a dead Redis costs requests nothing but a counter."""
+
+    name = "redis"
+
+    def __init__(
+        self, url: str, *, ttl_s: int, timeout_s: float = 0.1, pause_s: float = 2.0
+    ) -> None:
+        self._client = Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._ttl_s = ttl_s
+        self._timeout_s = timeout_s
+        self._pause_s = pause_s
+        self._paused_until = 0.0
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._call(self._client.get(key))
+        return value if isinstance(value, bytes) else None
+
+    async def set(self, key: str, value: bytes) -> None:
+        await self._call(self._client.set(key, value, ex=self._ttl_s))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, operation: Awaitable[T]) -> T:
+        if time.monotonic() < self._paused_until:
+            if asyncio.iscoroutine(operation):
+                operation.close()  # never started; closing it avoids a "never awaited" warning
+            raise CacheSkipped("redis is paused after a recent failure")
+        try:
+            async with asyncio.timeout(self._timeout_s * 2):
+                return await operation
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._paused_until = time.monotonic() + self._pause_s
+            raise CacheUnavailable(f"redis failed: {type(exc).__name__}") from exc
+
+
+Compute = Callable[[], Awaitable[ImageEmbedding]]
+
+
+def _bytes_held_by(backend: MemoryBackend) -> Callable[[], float]:
+    return lambda: float(backend.bytes_held)
+
+
+class EmbeddingCache:
+    """Backends in order, fastest first, plus single flight across requests."""
+
+    def __init__(
+        self, backends: Sequence[CacheBackend], metrics: Metrics, *, prefix: str = "clip-proxy:"
+    ) -> None:
+        self._backends = list(backends)
+        self._metrics = metrics
+        self._prefix = prefix
+        self._namespace: str | None = None
+        self._flights: dict[str, asyncio.Task[ImageEmbedding]] = {}
+        self._writes: set[asyncio.Task[None]] = set()
+        for backend in self._backends:
+            metrics.cache_hits.labels(backend=backend.name)
+            metrics.cache_misses.labels(backend=backend.name)
+            metrics.cache_errors.labels(backend=backend.name)
+            if isinstance(backend, MemoryBackend):
+                metrics.cache_bytes.labels(backend=backend.name).set_function(
+                    _bytes_held_by(backend)
+                )
+
+    @property
+    def backends(self) -> list[str]:
+        return [backend.name for backend in self._backends]
+
+    def bind(self, namespace: str) -> None:
+        """Name the model, preprocessing and dtype the vectors come from (`namespace_of`)."""
+        self._namespace = namespace
+
+    def key(self, sha256: str) -> str:
+        if self._namespace is None:
+            raise RuntimeError("the cache is used before the encoder named its namespace")
+        return f"{self._prefix}{self._namespace}:{sha256}"
+
+    async def get_or_compute(self, sha256: str, compute: Compute) -> ImageEmbedding:
+        """The cached embedding, or `compute()`'s, computed once however many callers wait."""
+        key = self.key(sha256)
+        flight = self._flights.get(key)
+        if flight is not None:
+            self._metrics.cache_single_flight_joins.inc()
+        else:
+            # The flight is a task of its own, so a caller that goes away (a client that
+            # disconnects) does not cancel the work others are waiting for.
+            flight = asyncio.create_task(self._lookup_or_compute(key, sha256, compute))
+            self._flights[key] = flight
+            flight.add_done_callback(lambda done: self._land(key, done))
+        return await asyncio.shield(flight)
+
+    def _land(self, key: str, flight: asyncio.Task[ImageEmbedding]) -> None:
+        self._flights.pop(key, None)
+        if not flight.cancelled():
+            flight.exception()  # retrieved here, so a flight nobody awaits logs nothing
+
+    async def _lookup_or_compute(self, key: str, sha256: str, compute: Compute) -> ImageEmbedding:
+        for depth, backend in enumerate(self._backends):
+            found = await self._get(backend, key, sha256)
+            if found is not None:
+                self._metrics.cache_hits.labels(backend=backend.name).inc()
+                # Copy it up into the faster backends this lookup missed.
+                for faster in self._backends[:depth]:
+                    await self._set(faster, key, found.to_bytes())
+                return found
+            self._metrics.cache_misses.labels(backend=backend.name).inc()
+        embedding = await compute()
+        value = embedding.to_bytes()
+        for backend in self._backends:
+            if isinstance(backend, MemoryBackend):
+                await self._set(backend, key, value)
+            else:
+                # Remote writes run after the answer: no request waits for Redis to store.
+                write = asyncio.create_task(self._set(backend, key, value))
+                self._writes.add(write)
+                write.add_done_callback(self._writes.discard)
+        return embedding
+
+    async def _get(self, backend: CacheBackend, key: str, sha256: str) -> ImageEmbedding | None:
+        try:
+            value = await backend.get(key)
+            return None if value is None else ImageEmbedding.from_bytes(sha256, value)
+        except CacheUnavailable as exc:
+            self._failed(backend, "get", exc)
+            return None
+
+    async def _set(self, backend: CacheBackend, key: str, value: bytes) -> None:
+        try:
+            await backend.set(key, value)
+        except CacheUnavailable as exc:
+            self._failed(backend, "set", exc)
+
+    def _failed(self, backend: CacheBackend, operation: str, exc: CacheUnavailable) -> None:
+        self._metrics.cache_errors.labels(backend=backend.name).inc()
+        if isinstance(exc, CacheSkipped):
+            return
+        logger.warning(
+            "cache %s failed; computing instead",
+            operation,
+            extra={"backend": backend.name, "reason": str(exc)},
+        )
+
+    async def aclose(self) -> None:
+        if self._writes:
+            await asyncio.wait(self._writes, timeout=1)
+        for backend in self._backends:
+            await backend.aclose()
+
+
+def build_backends(
+    memory_bytes: int, url: str, *, ttl_s: int, timeout_s: float
+) -> list[CacheBackend]:
+    """The memory LRU (unless its size is 0), then Redis if a URL is set."""
+    backends: list[CacheBackend] = []
+    if memory_bytes > 0:
+        backends.append(MemoryBackend(memory_bytes))
+    if url:
+        backends.append(RedisBackend(url, ttl_s=ttl_s, timeout_s=timeout_s))
+    return backends

@@ -1,0 +1,63 @@
+"""Zero-shot labels: which words of a vocabulary CLIP finds closest to an image.
+
+Each label becomes a prompt ("a photo of a dog"), encoded once at start by the text tower.
+An image's scores are CLIP's own: softmax over the vocabulary of
+`logit_scale * cosine(image, label)`, with the checkpoint's trained logit scale. The top k
+are written for the prompt as `dog 0.62, frisbee 0.21`.
+
+    labeler = Labeler.build(vocabulary, label_vectors, logit_scale, top_k=3)
+    labeler.describe(vector)   # "dog 0.62, frisbee 0.21, person 0.05"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+DEFAULT_VOCABULARY = Path(__file__).parent / "data" / "labels.txt"
+
+
+def read_vocabulary(path: Path | None = None) -> list[str]:
+    """One label per line; blank lines and `#` comments skipped; duplicates dropped."""
+    lines = (path or DEFAULT_VOCABULARY).read_text(encoding="utf-8").splitlines()
+    labels = [line.strip() for line in lines]
+    unique = dict.fromkeys(label for label in labels if label and not label.startswith("#"))
+    if not unique:
+        raise ValueError(f"the label vocabulary {path} holds no labels")
+    return list(unique)
+
+
+def label_prompts(labels: list[str], template: str) -> list[str]:
+    return [template.format(label=label) for label in labels]
+
+
+@dataclass(frozen=True)
+class Labeler:
+    labels: list[str]
+    vectors: npt.NDArray[np.float32]  # (n labels, dim), unit rows
+    logit_scale: float
+    top_k: int
+
+    def scores(self, vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """The softmax over the vocabulary of logit_scale x cosine, in vocabulary order."""
+        logits = self.logit_scale * (self.vectors.astype(np.float64) @ vector.astype(np.float64))
+        logits -= logits.max()
+        weights = np.exp(logits)
+        probabilities: npt.NDArray[np.float64] = weights / weights.sum()
+        return probabilities
+
+    def top(self, vector: npt.NDArray[np.float32]) -> list[tuple[str, float]]:
+        scores = self.scores(vector)
+        # A stable sort: equal scores keep vocabulary order, so the answer is deterministic.
+        order = np.argsort(-scores, kind="stable")[: self.top_k]
+        return [(self.labels[index], float(scores[index])) for index in order]
+
+    def describe(self, vector: npt.NDArray[np.float32]) -> str:
+        return format_labels(self.top(vector))
+
+
+def format_labels(pairs: list[tuple[str, float]]) -> str:
+    return ", ".join(f"{label} {score:.2f}" for label, score in pairs)
