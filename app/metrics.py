@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -24,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # `*_created` series double the scrape size and no dashboard reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client: untyped
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -105,6 +106,30 @@ class Metrics:
         )
         self.cache_misses = Counter(
             "clip_proxy_cache_misses", "Image vectors that had to be computed", registry=r
+        )
+        # Encoder pool health (issue #3). The gauges read the pool at scrape time.
+        self.encoder_queue_depth = Gauge(
+            "clip_proxy_encode_queue_depth", "Images waiting in the encoder queue", registry=r
+        )
+        self.encoder_workers_ready = Gauge(
+            "clip_proxy_encoder_workers_ready", "Encoder workers alive and warm", registry=r
+        )
+        self.encoder_cpu_fallbacks = Counter(
+            "clip_proxy_encoder_cpu_fallbacks",
+            "Encoder workers moved to the CPU after CUDA ran out of memory on one image",
+            ["device"],
+            registry=r,
+        )
+        self.encoder_worker_restarts = Counter(
+            "clip_proxy_encoder_worker_restarts",
+            "Encoder worker threads that died and were replaced",
+            ["device"],
+            registry=r,
+        )
+        self.encoder_dropped = Counter(
+            "clip_proxy_encoder_dropped_images",
+            "Queued images skipped before compute because their request was gone",
+            registry=r,
         )
         r.register(_GpuMemoryCollector(gpu_memory))
 
