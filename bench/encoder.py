@@ -111,8 +111,7 @@ def seed_path(checkpoint: Path, device: str, images: int) -> tuple[Row, dict[str
         features = getattr(features, "pooler_output", features)
         reference[name] = (features / features.norm(dim=-1, keepdim=True))[0].float().cpu().numpy()
 
-    if device.startswith("cuda"):
-        one(*pictures[0])  # CUDA context and kernels; on a CPU the first call costs little
+    one(*pictures[-1])  # warm-up, untimed: the pool warms its workers too
     sync(device)
     started = time.perf_counter()
     for index in range(images):

@@ -125,6 +125,8 @@ class ClipImageEncoder:
         warm_batch: int = 1,
     ) -> ClipImageEncoder:
         """Wrap a loaded vision tower (the benchmark builds ViT-L/14 from its config)."""
+        if quantize == "int8" and not device.startswith("cpu"):
+            raise ValueError("int8 dynamic quantisation runs on the CPU only")
         model.eval()  # type: ignore[no-untyped-call]  # transformers ships no annotation here
         model.to(device)  # type: ignore[arg-type]  # transformers' wrapper hides the signature
         dtype = next(model.parameters()).dtype
