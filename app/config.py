@@ -32,6 +32,11 @@ class EncoderDtype(StrEnum):
     bfloat16 = "bfloat16"
 
 
+class EncoderQuantize(StrEnum):
+    none = "none"
+    int8 = "int8"  # dynamic int8 Linear layers; CPU only
+
+
 def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -80,6 +85,13 @@ class Settings(BaseSettings):
     fetch_allow_networks: Annotated[
         list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
     ] = Field(default_factory=list)
+
+    # Encoder pool (issue #3): backpressure and speed options, each measured in
+    # bench/encoder.py. A full queue answers 503 + Retry-After at once.
+    encoder_queue_size: int = Field(1024, ge=1, le=1_000_000)
+    encoder_quantize: EncoderQuantize = EncoderQuantize.none
+    encoder_compile: bool = False
+    preprocess_threads: int = Field(4, ge=1, le=64)
 
     @field_validator("device", mode="before")
     @classmethod

@@ -49,15 +49,18 @@ class ImagePipeline:
 
     @property
     def ready(self) -> bool:
-        return self._pool is not None
+        """Attached, and every encoder worker alive and warm (503 from /readyz otherwise)."""
+        return self._pool is not None and self._pool.ready
 
     @property
     def devices(self) -> list[str]:
         return self._pool.devices if self._pool is not None else []
 
     def attach(self, pool: EncoderPool) -> None:
-        """Called once the pool's workers are loaded and warm."""
-        self._pool = pool
+        """Called once the pool's models are loaded; requests queue while it warms up."""
+        old, self._pool = self._pool, pool
+        if old is not None and old is not pool:
+            old.stop()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -28,7 +28,7 @@ from app.cache import EmbeddingCache, build_backends, namespace_of
 from app.config import Settings
 from app.embeddings_service import EmbeddingsOptions, EmbeddingsService
 from app.encoder.clip import ClipImageEncoder, gpu_memory, load_encoders
-from app.encoder.pool import BatchReport, EncoderPool
+from app.encoder.pool import BatchReport, EncoderPool, PoolEvents
 from app.encoder.preprocess import PREPROCESS_VERSION
 from app.encoder.text import ClipTextEncoder, load_logit_scale, model_identity
 from app.errors import ProxyError, error_body
@@ -97,6 +97,7 @@ def build_state(settings: Settings) -> AppState:
         ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
         fetcher,
         cache=cache,
+        preprocess_threads=settings.preprocess_threads,
     )
     texts = TextPipeline()
     upstream = UpstreamClient(
@@ -131,10 +132,19 @@ def build_state(settings: Settings) -> AppState:
 
 
 async def start_encoders(settings: Settings, state: AppState) -> None:
-    """Load and warm one model copy per device off the event loop, then open for traffic."""
+    """Load one model copy per device off the event loop; the pool warms each worker.
+
+    `/readyz` turns 200 once every worker is warm (the pool's `ready`).
+    """
     try:
         encoders = await asyncio.to_thread(
-            load_encoders, settings.clip_model, settings.device, settings.encoder_dtype.value
+            load_encoders,
+            settings.clip_model,
+            settings.device,
+            settings.encoder_dtype.value,
+            quantize=settings.encoder_quantize.value,
+            compile=settings.encoder_compile,
+            warm_batch=settings.max_batch,
         )
     except Exception:
         logger.exception("could not load the CLIP encoder; /readyz stays 503")
@@ -145,11 +155,34 @@ async def start_encoders(settings: Settings, state: AppState) -> None:
         encoders,
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
-        on_batch=lambda report: observe_batch(state.metrics, report),
+        max_queue=settings.encoder_queue_size,
+        job_timeout_s=settings.encode_timeout_s,
+        events=MetricsPoolEvents(state.metrics),
     )
+    state.metrics.encoder_queue_depth.set_function(lambda: pool.queue_depth)
+    state.metrics.encoder_workers_ready.set_function(lambda: pool.workers_ready)
     pool.start()
     state.images.attach(pool)
-    logger.info("encoder ready", extra={"devices": pool.devices})
+    logger.info("encoder loaded; warming up", extra={"devices": pool.devices})
+
+
+class MetricsPoolEvents(PoolEvents):
+    """The encoder pool's events as Prometheus metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def batch(self, report: BatchReport) -> None:
+        observe_batch(self._metrics, report)
+
+    def dropped(self, count: int) -> None:
+        self._metrics.encoder_dropped.inc(count)
+
+    def cpu_fallback(self, device: str) -> None:
+        self._metrics.encoder_cpu_fallbacks.labels(device=device).inc()
+
+    def worker_restarted(self, device: str) -> None:
+        self._metrics.encoder_worker_restarts.labels(device=device).inc()
 
 
 async def start_text_side(settings: Settings, state: AppState, vision: ClipImageEncoder) -> bool:

@@ -133,6 +133,30 @@ class Metrics:
             "Image lookups that joined an identical one already in flight",
             registry=r,
         )
+        # Encoder pool health (issue #3). The gauges read the pool at scrape time.
+        self.encoder_queue_depth = Gauge(
+            "clip_proxy_encode_queue_depth", "Images waiting in the encoder queue", registry=r
+        )
+        self.encoder_workers_ready = Gauge(
+            "clip_proxy_encoder_workers_ready", "Encoder workers alive and warm", registry=r
+        )
+        self.encoder_cpu_fallbacks = Counter(
+            "clip_proxy_encoder_cpu_fallbacks",
+            "Encoder workers moved to the CPU after CUDA ran out of memory on one image",
+            ["device"],
+            registry=r,
+        )
+        self.encoder_worker_restarts = Counter(
+            "clip_proxy_encoder_worker_restarts",
+            "Encoder worker threads that died and were replaced",
+            ["device"],
+            registry=r,
+        )
+        self.encoder_dropped = Counter(
+            "clip_proxy_encoder_dropped_images",
+            "Queued images skipped before compute because their request was gone",
+            registry=r,
+        )
         r.register(_GpuMemoryCollector(gpu_memory))
 
     def render(self) -> bytes:

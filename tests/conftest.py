@@ -47,8 +47,9 @@ class ProxyServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.port = free_port()
+        self.app = create_app(settings)  # its `state.clip_proxy` exists once started
         config = uvicorn.Config(
-            create_app(settings),
+            self.app,
             host="127.0.0.1",
             port=self.port,
             log_level="warning",

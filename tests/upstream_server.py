@@ -136,7 +136,7 @@ class FakeUpstream:
         asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
-        self._loop.close()
+        self._loop.close()  # else its self-pipe leaks a ResourceWarning at exit
 
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -195,10 +195,8 @@ class FakeUpstream:
         if reply.stall_before_headers_s:
             await asyncio.sleep(reply.stall_before_headers_s)
         if path.endswith("/models"):
-            payload = {
-                "object": "list",
-                "data": [{"id": MODEL, "object": "model", "owned_by": "test"}],
-            }
+            model = {"id": MODEL, "object": "model", "owned_by": "test"}
+            payload = {"object": "list", "data": [model]}
             await self._send_json(writer, 200, payload, {})
             return True
         wants_stream = method == "POST" and bool(recorded.json.get("stream"))

@@ -7,12 +7,23 @@ against 816 MiB for the whole CLIP), whose `image_embeds` is the vector
 
     encoder = ClipImageEncoder.load("openai/clip-vit-large-patch14", "cuda:0", "auto")
     vectors = encoder.encode(np.stack([preprocess(image, encoder.spec)]))
+
+Speed options (each measured in `bench/encoder.py`, see bench/results/):
+- dtype `auto`: fp16 on CUDA (SDPA attention); bf16 on a CPU with native bf16
+  (AVX512-BF16/AMX), else fp32 (the exact reference path; `float32` forces it).
+- `quantize="int8"`: dynamic int8 quantisation of the Linear layers, CPU only.
+- `compile=True`: `torch.compile` the vision tower (slow first batch; warm-up pays it).
+bitsandbytes 4-bit is not offered: it dequantises on every matmul and is slower for ViTs
+(bitsandbytes issue #604), whatever the seed claims.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -39,10 +50,26 @@ def resolve_devices(requested: list[str]) -> list[str]:
 
 
 def resolve_dtype(setting: str, device: str) -> torch.dtype:
-    """`auto` is fp16 on CUDA and fp32 on CPU (the exact reference path)."""
+    """`auto`: fp16 on CUDA; bf16 on a CPU with native bf16 instructions; else fp32.
+
+    bf16 on such a CPU measured about 2x fp32 with cosine >= 0.9999 to the fp32 reference
+    (bench/results/encoder-cpu.md); without native support it is emulated and slower.
+    """
     if setting != "auto":
         return _DTYPES[setting]
-    return torch.float16 if device.startswith("cuda") else torch.float32
+    if device.startswith("cuda"):
+        return torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo (Linux; elsewhere: no)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def load_preprocess_spec(source: str) -> PreprocessSpec:
@@ -54,27 +81,77 @@ def load_preprocess_spec(source: str) -> PreprocessSpec:
 class ClipImageEncoder:
     """One copy of the CLIP vision tower on one device."""
 
-    model: CLIPVisionModelWithProjection
+    model: torch.nn.Module
     device: torch.device
     dtype: torch.dtype
     spec: PreprocessSpec
+    projection_dim: int = 768
+    # Images in the warm-up batch: a full batch on a GPU reserves its memory up front.
+    warm_batch: int = 1
 
     @classmethod
-    def load(cls, source: str, device: str, dtype_setting: str) -> ClipImageEncoder:
+    def load(
+        cls,
+        source: str,
+        device: str,
+        dtype_setting: str,
+        *,
+        quantize: str = "none",
+        compile: bool = False,
+        warm_batch: int = 1,
+    ) -> ClipImageEncoder:
         dtype = resolve_dtype(dtype_setting, device)
         model = CLIPVisionModelWithProjection.from_pretrained(
             source, dtype=dtype, attn_implementation="sdpa"
         )
+        return cls.from_model(
+            model,
+            device,
+            load_preprocess_spec(source),
+            quantize=quantize,
+            compile=compile,
+            warm_batch=warm_batch,
+        )
+
+    @classmethod
+    def from_model(
+        cls,
+        model: CLIPVisionModelWithProjection,
+        device: str,
+        spec: PreprocessSpec,
+        *,
+        quantize: str = "none",
+        compile: bool = False,
+        warm_batch: int = 1,
+    ) -> ClipImageEncoder:
+        """Wrap a loaded vision tower (the benchmark builds ViT-L/14 from its config)."""
+        if quantize == "int8" and not device.startswith("cpu"):
+            raise ValueError("int8 dynamic quantisation runs on the CPU only")
         model.eval()
         model.to(device)  # type: ignore[arg-type]  # transformers' wrapper hides the signature
-        logger.info("loaded CLIP vision tower", extra={"device": device, "dtype": str(dtype)})
+        dtype = next(model.parameters()).dtype
+        projection_dim = int(model.config.projection_dim)
+        module: torch.nn.Module = model
+        if quantize == "int8":
+            module = quantize_int8(module, device)
+        if compile:
+            module = torch.compile(module)  # type: ignore[assignment]  # returns a callable
+        logger.info(
+            "loaded CLIP vision tower",
+            extra={"device": device, "dtype": str(dtype), "quantize": quantize},
+        )
         return cls(
-            model=model, device=torch.device(device), dtype=dtype, spec=load_preprocess_spec(source)
+            model=module,
+            device=torch.device(device),
+            dtype=dtype,
+            spec=spec,
+            projection_dim=projection_dim,
+            warm_batch=warm_batch if device.startswith("cuda") else 1,
         )
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.projection_dim)
+        return self.projection_dim
 
     @property
     def name(self) -> str:
@@ -83,15 +160,54 @@ class ClipImageEncoder:
     def encode(self, pixels: Pixels) -> Vectors:
         """A batch of preprocessed images, (n, 3, H, W), to unit vectors, (n, dim)."""
         with torch.inference_mode():
-            batch = torch.from_numpy(pixels).to(self.device, self.dtype, non_blocking=True)
-            embeds = self.model(pixel_values=batch).image_embeds.float()
+            batch = torch.from_numpy(pixels)
+            if self.device.type == "cuda":
+                # Pinned host memory lets the copy run asynchronously on the stream; the
+                # cast to fp16 then happens on the GPU, not on the CPU.
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            embeds = self.model(pixel_values=batch.to(self.dtype)).image_embeds.float()
             embeds = torch.nn.functional.normalize(embeds, dim=-1)
-            return embeds.cpu().numpy()
+            vectors: Vectors = embeds.cpu().numpy()
+            return vectors
 
     def warm_up(self) -> None:
         """One batch through the model, so the first request does not pay for lazy init."""
         side = self.spec.crop
-        self.encode(np.zeros((1, 3, side, side), dtype=np.float32))
+        self.encode(np.zeros((self.warm_batch, 3, side, side), dtype=np.float32))
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        return isinstance(error, torch.OutOfMemoryError)
+
+    def release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def fall_back_to_cpu(self) -> bool:
+        """Move this model copy to the CPU in fp32 (the seed's advice on CUDA OOM)."""
+        if self.device.type == "cpu":
+            return False
+        self.model.to("cpu", torch.float32)
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.warm_batch = 1
+        torch.cuda.empty_cache()  # hand the freed VRAM back to the driver
+        return True
+
+
+def quantize_int8(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """Dynamic int8 quantisation of every Linear layer (weights int8, activations on the fly)."""
+    if not device.startswith("cpu"):
+        raise ValueError("int8 dynamic quantisation runs on the CPU only")
+    model = model.float()
+    with warnings.catch_warnings():
+        # torch.ao.quantization announces its move to torchao (DeprecationWarning, and a
+        # UserWarning per quantised tensor); the eager API still works in this torch.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        quantized: torch.nn.Module = torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear}, dtype=torch.qint8
+        )
+    return quantized
 
 
 def gpu_memory() -> dict[str, tuple[int, int]]:
@@ -105,15 +221,23 @@ def gpu_memory() -> dict[str, tuple[int, int]]:
     return reading
 
 
-def load_encoders(source: str, devices: list[str], dtype_setting: str) -> list[ClipImageEncoder]:
-    """One warm model copy per device (`auto` expanded)."""
+def load_encoders(
+    source: str,
+    devices: list[str],
+    dtype_setting: str,
+    *,
+    quantize: str = "none",
+    compile: bool = False,
+    warm_batch: int = 1,
+) -> list[ClipImageEncoder]:
+    """One model copy per device (`auto` expanded); the pool warms each in its worker."""
     # Loading a vision tower from a full CLIP checkpoint makes transformers print a table of
     # the (expected) unused text weights and progress bars; a server log wants neither.
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    encoders = [
-        ClipImageEncoder.load(source, device, dtype_setting) for device in resolve_devices(devices)
+    return [
+        ClipImageEncoder.load(
+            source, device, dtype_setting, quantize=quantize, compile=compile, warm_batch=warm_batch
+        )
+        for device in resolve_devices(devices)
     ]
-    for encoder in encoders:
-        encoder.warm_up()
-    return encoders

@@ -1,13 +1,22 @@
-"""The encoder pool: one worker thread per device, each batching images dynamically.
+"""The encoder pool: one supervised worker thread per device, each batching images dynamically.
 
 Every queued image carries its own future. A worker takes the first waiting image, then
 keeps taking until it has `max_batch` images or `max_wait_ms` have passed since the first,
-runs the batch, and resolves each future on its caller's event loop. All workers take
-from one bounded queue, so load spreads over devices by itself, and a full queue fails
-fast with `Overloaded` instead of growing latency without bound.
+drops the images whose caller has gone, runs the batch, and resolves each future on its
+caller's event loop. All workers take from one bounded queue, so load spreads over devices
+by itself (the images of one request may land in several batches and on several devices),
+and a full queue fails fast with `Overloaded` instead of growing latency without bound.
+
+Faults stay small:
+- a batch the model fails on is retried image by image, so only the bad image fails;
+- CUDA out of memory frees the cache and splits the batch; if one image still does not fit,
+  that worker moves its model to the CPU for good and says so (log + event);
+- a worker thread that dies (any BaseException) fails its in-flight images at once and a
+  supervisor thread starts a replacement, which warms up before it takes work;
+- every caller waits with a deadline (`job_timeout_s`), so nothing hangs forever.
 
     pool = EncoderPool(encoders, max_batch=32, max_wait_ms=5, max_queue=1024)
-    pool.start()
+    pool.start()                       # warms one batch per worker in its thread
     vector = await pool.encode(pixels)
 """
 
@@ -19,7 +28,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +38,11 @@ from app.encoder.preprocess import Pixels, PreprocessSpec
 from app.errors import EncoderFailed, Overloaded
 
 logger = logging.getLogger(__name__)
+
+# How often idle workers look at the stop flag and the supervisor looks at the workers.
+_POLL_S = 0.05
+# A worker that keeps dying is restarted with growing pauses, up to this one.
+_MAX_RESTART_DELAY_S = 30.0
 
 
 class Encoder(Protocol):
@@ -46,6 +60,40 @@ class Encoder(Protocol):
 
     def warm_up(self) -> None: ...
 
+    def is_out_of_memory(self, error: BaseException) -> bool: ...
+
+    def release_memory(self) -> None: ...
+
+    def fall_back_to_cpu(self) -> bool:
+        """Move the model to the CPU; False if it is there already."""
+        ...
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What a worker tells the metrics after each model call."""
+
+    device: str
+    size: int
+    queue_wait_s: list[float]
+    encode_s: float
+
+
+class PoolEvents:
+    """What the pool reports as it runs; `main.py` maps these onto metrics. No-ops here."""
+
+    def batch(self, report: BatchReport) -> None:
+        """A model call finished (a batch, or one part of a split batch)."""
+
+    def dropped(self, count: int) -> None:
+        """Images skipped before compute because their caller had gone."""
+
+    def cpu_fallback(self, device: str) -> None:
+        """The worker of `device` now runs its model on the CPU."""
+
+    def worker_restarted(self, device: str) -> None:
+        """The worker of `device` died and a new thread replaced it."""
+
 
 @dataclass
 class _Job:
@@ -55,21 +103,25 @@ class _Job:
     queued_at: float = field(default_factory=time.perf_counter)
 
     def abandoned(self) -> bool:
-        return self.future.done()  # cancelled by a caller that went away
+        # Done before we resolved it: cancelled by a caller that went away or timed out.
+        return self.future.done()
 
 
-@dataclass(frozen=True)
-class BatchReport:
-    """What a worker tells the metrics after each batch."""
+@dataclass
+class _Worker:
+    """One device: its model copy, its current thread and what it holds right now."""
 
+    encoder: Encoder
     device: str
-    size: int
-    queue_wait_s: list[float]
-    encode_s: float
+    thread: threading.Thread | None = None
+    warm: bool = False
+    in_flight: list[_Job] = field(default_factory=list)
+    restarts: int = 0
+    next_start_at: float = 0.0
 
 
 class EncoderPool:
-    """Dynamic batching over one or more model copies."""
+    """Dynamic batching over one or more model copies, with supervised workers."""
 
     def __init__(
         self,
@@ -78,47 +130,80 @@ class EncoderPool:
         max_batch: int,
         max_wait_ms: float,
         max_queue: int = 1024,
-        on_batch: Callable[[BatchReport], None] | None = None,
+        job_timeout_s: float = 60.0,
+        events: PoolEvents | None = None,
     ) -> None:
         if not encoders:
             raise ValueError("an encoder pool needs at least one encoder")
-        self._encoders = list(encoders)
+        self._workers = [_Worker(encoder, encoder.name) for encoder in encoders]
+        self._spec = encoders[0].spec
+        self._dim = encoders[0].dim
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
-        self._on_batch = on_batch
-        self._threads: list[threading.Thread] = []
+        self._job_timeout_s = job_timeout_s
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
+        self._events = events or PoolEvents()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     @property
     def spec(self) -> PreprocessSpec:
-        return self._encoders[0].spec
+        return self._spec
 
     @property
     def dim(self) -> int:
-        return self._encoders[0].dim
+        return self._dim
 
     @property
     def devices(self) -> list[str]:
-        return [encoder.name for encoder in self._encoders]
+        return [worker.device for worker in self._workers]
 
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def workers_ready(self) -> int:
+        """Workers whose thread is alive and whose model is warm."""
+        return sum(1 for worker in self._workers if _is_up(worker))
+
+    @property
+    def ready(self) -> bool:
+        """Every worker is up: `/readyz` is 503 while one is loading, warming or restarting."""
+        return self.workers_ready == len(self._workers)
+
+    @property
+    def restarts(self) -> int:
+        return sum(worker.restarts for worker in self._workers)
+
     def start(self) -> None:
-        for encoder in self._encoders:
-            thread = threading.Thread(
-                target=self._run, args=(encoder,), name=f"encoder-{encoder.name}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        """Start every worker (each warms up first) and the supervisor that restarts them."""
+        for worker in self._workers:
+            self._start_worker(worker)
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="encoder-supervisor", daemon=True
+        )
+        self._supervisor.start()
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready and time.monotonic() < deadline:
+            time.sleep(_POLL_S / 5)
+        return self.ready
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join(timeout_s)
-        self._threads.clear()
+        self._stopping.set()
+        threads = [worker.thread for worker in self._workers] + [self._supervisor]
+        for thread in threads:
+            if thread is not None:
+                thread.join(timeout_s)
+        # Whatever is still queued will never run: tell its callers now.
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            _settle(job, error=Overloaded("the image encoder is shutting down", retry_after_s=1))
 
     async def encode(self, pixels: Pixels) -> np.ndarray:
         """The unit vector of one preprocessed image, computed in some batch."""
@@ -128,63 +213,148 @@ class EncoderPool:
             self._queue.put_nowait(job)
         except queue.Full:
             raise Overloaded("the image encoder queue is full; retry shortly") from None
-        return await job.future
+        try:
+            # wait_for cancels the future on timeout, which marks the job abandoned.
+            return await asyncio.wait_for(job.future, self._job_timeout_s)
+        except TimeoutError:
+            raise Overloaded(
+                f"the image encoder did not answer within {self._job_timeout_s:g} s",
+                retry_after_s=5,
+                code="encoder_timeout",
+            ) from None
 
-    def _run(self, encoder: Encoder) -> None:
-        while True:
-            batch = self._collect()
-            if batch is None:
-                return
-            self._encode_batch(encoder, batch)
+    # Workers and their supervisor
 
-    def _collect(self) -> list[_Job] | None:
-        first = self._queue.get()
-        if first is None:
-            return None
+    def _start_worker(self, worker: _Worker) -> None:
+        worker.thread = threading.Thread(
+            target=self._serve, args=(worker,), name=f"encoder-{worker.device}", daemon=True
+        )
+        worker.thread.start()
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(_POLL_S):
+            for worker in self._workers:
+                if worker.thread is not None and not worker.thread.is_alive():
+                    self._replace(worker)
+
+    def _replace(self, worker: _Worker) -> None:
+        if time.monotonic() < worker.next_start_at:
+            return
+        # The dead thread failed its own in-flight jobs; this catches what it could not.
+        for job in worker.in_flight:
+            _settle(job, error=EncoderFailed("the image encoder worker crashed"))
+        worker.in_flight = []
+        worker.restarts += 1
+        delay = min(_MAX_RESTART_DELAY_S, 0.1 * 2 ** min(worker.restarts, 10))
+        worker.next_start_at = time.monotonic() + delay
+        logger.warning(
+            "restarting encoder worker",
+            extra={"device": worker.device, "restarts": worker.restarts},
+        )
+        self._events.worker_restarted(worker.device)
+        self._start_worker(worker)
+
+    def _serve(self, worker: _Worker) -> None:
+        try:
+            worker.encoder.warm_up()
+            worker.warm = True
+            while not self._stopping.is_set():
+                batch = self._collect()
+                if not batch:
+                    continue
+                worker.in_flight = batch
+                self._encode_batch(worker, batch)
+                worker.in_flight = []
+        except BaseException:
+            # Not re-raised: the thread ends here and the supervisor replaces it.
+            worker.warm = False
+            logger.exception("encoder worker died", extra={"device": worker.device})
+            for job in worker.in_flight:
+                _settle(job, error=EncoderFailed("the image encoder worker crashed"))
+            worker.in_flight = []
+
+    def _collect(self) -> list[_Job]:
+        try:
+            first = self._queue.get(timeout=_POLL_S)
+        except queue.Empty:
+            return []
         batch = [first]
         deadline = time.perf_counter() + self._max_wait_s
         while len(batch) < self._max_batch:
             remaining = deadline - time.perf_counter()
             try:
-                job = (
-                    self._queue.get(timeout=remaining)
-                    if remaining > 0
-                    else self._queue.get_nowait()
-                )
+                if remaining > 0:
+                    batch.append(self._queue.get(timeout=remaining))
+                else:
+                    batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-            if job is None and remaining <= 0:
-                break
-            if job is None:
-                self._queue.put(None)  # leave the stop signal for the next collect
-                break
-            batch.append(job)
         return batch
 
-    def _encode_batch(self, encoder: Encoder, batch: list[_Job]) -> None:
+    def _encode_batch(self, worker: _Worker, batch: list[_Job]) -> None:
         live = [job for job in batch if not job.abandoned()]
-        if not live:
-            return
+        if len(live) < len(batch):
+            self._events.dropped(len(batch) - len(live))
+        if live:
+            self._encode_group(worker, live)
+
+    def _encode_group(self, worker: _Worker, jobs: list[_Job]) -> None:
+        """Run `jobs` through the model and settle each; split on OOM, isolate on failure."""
+        encoder = worker.encoder
         started = time.perf_counter()
         try:
-            vectors = encoder.encode(np.stack([job.pixels for job in live]))
+            vectors = encoder.encode(np.stack([job.pixels for job in jobs]))
         except Exception as exc:
-            logger.exception("encoder batch failed", extra={"device": encoder.name})
-            for job in live:
-                _settle(job, error=EncoderFailed(f"the image encoder failed: {exc}"))
+            if encoder.is_out_of_memory(exc):
+                self._recover_from_oom(worker, jobs)
+            elif len(jobs) > 1:
+                logger.warning(
+                    "encoder batch failed; retrying its images one by one",
+                    extra={"device": worker.device, "size": len(jobs), "error": repr(exc)},
+                )
+                for job in jobs:
+                    self._encode_group(worker, [job])
+            else:
+                logger.exception("encoder failed on one image", extra={"device": worker.device})
+                _settle(jobs[0], error=EncoderFailed(f"the image encoder failed: {exc}"))
             return
         finished = time.perf_counter()
-        for job, vector in zip(live, vectors, strict=True):
+        for job, vector in zip(jobs, vectors, strict=True):
             _settle(job, result=vector)
-        if self._on_batch is not None:
-            self._on_batch(
-                BatchReport(
-                    device=encoder.name,
-                    size=len(live),
-                    queue_wait_s=[started - job.queued_at for job in live],
-                    encode_s=finished - started,
-                )
+        self._events.batch(
+            BatchReport(
+                device=worker.device,
+                size=len(jobs),
+                queue_wait_s=[started - job.queued_at for job in jobs],
+                encode_s=finished - started,
             )
+        )
+
+    def _recover_from_oom(self, worker: _Worker, jobs: list[_Job]) -> None:
+        encoder = worker.encoder
+        encoder.release_memory()
+        if len(jobs) > 1:
+            half = len(jobs) // 2
+            logger.warning(
+                "encoder out of memory; splitting the batch",
+                extra={"device": worker.device, "size": len(jobs)},
+            )
+            self._encode_group(worker, jobs[:half])
+            self._encode_group(worker, jobs[half:])
+            return
+        if encoder.fall_back_to_cpu():
+            logger.error(
+                "encoder out of memory on a single image; this worker now runs on the CPU",
+                extra={"device": worker.device},
+            )
+            self._events.cpu_fallback(worker.device)
+            self._encode_group(worker, jobs)
+            return
+        _settle(jobs[0], error=EncoderFailed("the image encoder ran out of memory"))
+
+
+def _is_up(worker: _Worker) -> bool:
+    return worker.warm and worker.thread is not None and worker.thread.is_alive()
 
 
 def _settle(
