@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     fetch_allow_networks: Annotated[
         list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
     ] = Field(default_factory=list)
+
+    # Observability (logs are JSON lines on stderr; see app/logging_setup.py)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("device", mode="before")
     @classmethod

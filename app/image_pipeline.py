@@ -11,6 +11,7 @@ encoder pool batches what arrives from every request.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,6 +20,8 @@ from app.encoder.pool import EncoderPool
 from app.encoder.preprocess import Pixels, preprocess
 from app.errors import Overloaded
 from app.ingest import ImageLimits, ImageSource, decode_image, read_image_source
+from app.metrics import Metrics
+from app.request_context import count_fact, note_stage
 from app.safe_fetch import SafeFetcher
 
 
@@ -31,9 +34,11 @@ class ImagePipeline:
         fetcher: SafeFetcher,
         *,
         preprocess_threads: int = 4,
+        metrics: Metrics | None = None,
     ) -> None:
         self._limits = limits
         self._fetcher = fetcher
+        self._metrics = metrics or Metrics()
         self._executor = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="preprocess")
         self._pool: EncoderPool | None = None
 
@@ -56,14 +61,36 @@ class ImagePipeline:
 
     async def vector(self, source: ImageSource) -> np.ndarray:
         pool = self._require_pool()
+        metrics = self._metrics
+        metrics.images.labels(source=source.kind.value).inc()
+        count_fact("images")
+        started = time.perf_counter()
         data = await read_image_source(source, self._limits, self._fetcher)
+        fetch_s = time.perf_counter() - started
+        metrics.image_fetch.labels(source=source.kind.value).observe(fetch_s)
+        note_stage("fetch", fetch_s)
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(self._executor, self._prepare, data, source.param)
-        return await pool.encode(pixels)
+        pixels, decode_s, preprocess_s = await loop.run_in_executor(
+            self._executor, self._prepare, data, source.param
+        )
+        metrics.image_decode.observe(decode_s)
+        metrics.preprocess.observe(preprocess_s)
+        note_stage("decode", decode_s)
+        note_stage("preprocess", preprocess_s)
+        queued = time.perf_counter()
+        vector = await pool.encode(pixels)
+        note_stage("encode", time.perf_counter() - queued)  # queue wait + its batch
+        return vector
 
-    def _prepare(self, data: bytes, param: str) -> Pixels:
+    def _prepare(self, data: bytes, param: str) -> tuple[Pixels, float, float]:
+        """Pixels, and the seconds decoding and preprocessing took (timed here, in the
+        worker thread, so the event loop's scheduling does not count)."""
         pool = self._require_pool()
-        return preprocess(decode_image(data, self._limits, param=param), pool.spec)
+        started = time.perf_counter()
+        image = decode_image(data, self._limits, param=param)
+        decoded = time.perf_counter()
+        pixels = preprocess(image, pool.spec)
+        return pixels, decoded - started, time.perf_counter() - decoded
 
     def _require_pool(self) -> EncoderPool:
         if self._pool is None:
