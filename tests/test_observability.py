@@ -103,7 +103,9 @@ def test_streamed_image_request_is_measured_at_every_stage(
 ) -> None:
     before = scrape(proxy.url)
     stream = sdk(proxy).chat.completions.create(
-        model="deepseek-r1", messages=image_message(), stream=True  # type: ignore[arg-type]
+        model="deepseek-r1",
+        messages=image_message(),
+        stream=True,  # type: ignore[arg-type]
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text == "A cat on a sofa."
@@ -144,9 +146,10 @@ def test_json_reply_counts_its_usage_tokens(proxy: ProxyServer) -> None:
     assert reply.usage is not None and reply.usage.completion_tokens == 7
     after = scrape(proxy.url)
     completion = "clip_proxy_upstream_tokens_total"
-    assert sample(after, completion, kind="completion") - sample(
-        before, completion, kind="completion"
-    ) == 7
+    assert (
+        sample(after, completion, kind="completion") - sample(before, completion, kind="completion")
+        == 7
+    )
     duration = "clip_proxy_upstream_duration_seconds_count"
     assert sample(after, duration, mode="json") - sample(before, duration, mode="json") == 1
 
@@ -193,13 +196,16 @@ def test_error_body_carries_the_request_id_and_the_error_is_counted(proxy: Proxy
     assert body["error"]["code"] == "invalid_image"
     after = scrape(proxy.url)
     errors = "clip_proxy_errors_total"
-    assert sample(after, errors, type="invalid_image") - sample(
-        before, errors, type="invalid_image"
-    ) == 1
+    assert (
+        sample(after, errors, type="invalid_image") - sample(before, errors, type="invalid_image")
+        == 1
+    )
     requests = "clip_proxy_requests_total"
-    assert sample(after, requests, route=CHAT, status="4xx") - sample(
-        before, requests, route=CHAT, status="4xx"
-    ) == 1
+    assert (
+        sample(after, requests, route=CHAT, status="4xx")
+        - sample(before, requests, route=CHAT, status="4xx")
+        == 1
+    )
 
 
 def test_upstream_error_status_is_counted_by_code(
@@ -215,9 +221,11 @@ def test_upstream_error_status_is_counted_by_code(
     code = "clip_proxy_upstream_responses_total"
     assert sample(after, code, code="429") - sample(before, code, code="429") == 1
     errors = "clip_proxy_errors_total"
-    assert sample(after, errors, type="upstream_status") - sample(
-        before, errors, type="upstream_status"
-    ) == 1
+    assert (
+        sample(after, errors, type="upstream_status")
+        - sample(before, errors, type="upstream_status")
+        == 1
+    )
 
 
 def test_stream_broken_by_the_upstream_is_an_error_outcome(
@@ -237,9 +245,11 @@ def test_stream_broken_by_the_upstream_is_an_error_outcome(
     outcome = "clip_proxy_stream_duration_seconds_count"
     assert sample(after, outcome, outcome="error") - sample(before, outcome, outcome="error") == 1
     errors = "clip_proxy_errors_total"
-    assert sample(after, errors, type="upstream_unreachable") - sample(
-        before, errors, type="upstream_unreachable"
-    ) == 1
+    assert (
+        sample(after, errors, type="upstream_unreachable")
+        - sample(before, errors, type="upstream_unreachable")
+        == 1
+    )
 
 
 def test_unknown_paths_share_one_route_label(proxy: ProxyServer) -> None:

@@ -189,7 +189,8 @@ class FakeUpstream:
         if reply.stall_before_headers_s:
             await asyncio.sleep(reply.stall_before_headers_s)
         if path.endswith("/models"):
-            payload = {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "test"}]}
+            model = {"id": MODEL, "object": "model", "owned_by": "test"}
+            payload = {"object": "list", "data": [model]}
             await self._send_json(writer, 200, payload, {})
             return True
         wants_stream = method == "POST" and bool(recorded.json.get("stream"))
