@@ -26,8 +26,13 @@ import orjson
 
 from app.request_context import current_request_id
 
-# Attributes every LogRecord has; anything else on a record came from `extra=`.
-_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# Attributes every LogRecord has; anything else on a record came from `extra=`
+# (uvicorn's `color_message` is its message again, with terminal colour codes).
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 _DATA_URL = re.compile(r"data:[\w.+/-]*(?:;[^;,\"\s]*)*;base64,[A-Za-z0-9+/=_-]*", re.I)
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{120,}={0,2}")

@@ -6,6 +6,8 @@ real `openai` SDK or real curl as the client, and reads the proxy's own `/metric
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.queues
 import subprocess
 import threading
 import time
@@ -15,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from app.main import refuse_worker_processes
 from app.metrics import Metrics
 from tests.conftest import DATA, ProxyServer, data_url
 from tests.metrics_text import exported_names, sample, scrape
@@ -310,3 +313,29 @@ def test_in_flight_counts_a_stream_while_it_lasts(
     # The meter relays each chunk as it comes: the client saw the first one long before
     # the upstream sent its last (8 events, 0.3 s apart).
     assert upstream.chunk_sent_at[-1] - arrival[0] > 1.0
+
+
+def _start_in_child(answers: multiprocessing.queues.Queue[str]) -> None:
+    try:
+        refuse_worker_processes()
+        answers.put("started")
+    except RuntimeError as exc:
+        answers.put(str(exc))
+
+
+def test_the_app_refuses_to_run_as_one_of_several_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One process per container: a uvicorn worker child or multiprocess metrics refuse."""
+    refuse_worker_processes()  # the test process itself is a lone process: fine
+    context = multiprocessing.get_context("fork")
+    answers: multiprocessing.queues.Queue[str] = context.Queue()
+    child = context.Process(target=_start_in_child, args=(answers,))
+    child.start()
+    child.join(10)
+    assert "one worker per container" in answers.get(timeout=5)
+    answers.close()
+    answers.join_thread()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/metrics")
+    with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
+        refuse_worker_processes()
