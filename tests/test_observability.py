@@ -339,3 +339,32 @@ def test_the_app_refuses_to_run_as_one_of_several_workers(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/metrics")
     with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
         refuse_worker_processes()
+
+
+def test_client_leaving_mid_stream_is_a_cancelled_outcome(
+    start_proxy: Callable[..., ProxyServer], upstream: FakeUpstream
+) -> None:
+    proxy = start_proxy()
+    closed_before = upstream.connections_closed
+    upstream.script(Reply(chunk_delay_s=0.5))
+    with httpx.stream(
+        "POST",
+        proxy.url + CHAT,
+        json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
+        timeout=10,
+    ) as response:
+        next(response.iter_raw())  # the first chunk, then hang up
+    deadline = time.monotonic() + 10
+    text = scrape(proxy.url)
+    while time.monotonic() < deadline:
+        text = scrape(proxy.url)
+        if sample(text, "clip_proxy_stream_duration_seconds_count", outcome="cancelled"):
+            break
+        time.sleep(0.1)
+    assert sample(text, "clip_proxy_stream_duration_seconds_count", outcome="cancelled") == 1
+    assert sample(text, "clip_proxy_requests_in_flight") == 0
+    # The upstream's connection was released with the client's, long before its last chunk.
+    while time.monotonic() < deadline and upstream.connections_closed == closed_before:
+        time.sleep(0.1)
+    assert upstream.connections_closed == closed_before + 1
+    assert len(upstream.chunk_sent_at) < 8
