@@ -6,8 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,6 +38,7 @@ def _serve(host: str, port: int) -> int:
     import uvicorn
 
     from app.config import Settings
+    from app.logging_setup import configure_logging
     from app.main import create_app
 
     try:
@@ -41,9 +46,25 @@ def _serve(host: str, port: int) -> int:
     except ValidationError as exc:
         print(f"clip-proxy: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level, secrets=_secrets(settings))
     # One worker per process: the encoder owns the GPU; scale with replicas, not workers.
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    # (An app object, not an import string, so uvicorn cannot be asked to fork workers.)
+    # log_config=None keeps the JSON logging above; the proxy logs each request itself.
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=False,
+    )
     return 0
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """Values masked in every log line, whatever logged them."""
+    keys = [settings.upstream_api_key, *settings.api_keys]
+    return [key.get_secret_value() for key in keys if key.get_secret_value()]
 
 
 def _make_test_model(directory: Path, projection_dim: int) -> int:

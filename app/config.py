@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     encoder_quantize: EncoderQuantize = EncoderQuantize.none
     encoder_compile: bool = False
     preprocess_threads: int = Field(4, ge=1, le=64)
+    # Observability (logs are JSON lines on stderr; see app/logging_setup.py)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("device", mode="before")
     @classmethod

@@ -19,6 +19,9 @@ The tree (status in brackets):
 
 Foreign exceptions (httpx, PIL, pydantic) are translated where they are raised,
 once, with `raise ... from exc`.
+
+Error bodies the proxy writes itself also carry `"request_id"` beside `"error"` (the same id
+as the `X-Request-ID` header), so a user can quote it; a relayed upstream body stays as sent.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
+from app.request_context import current_request_id, note_error
 
 
 class ProxyError(Exception):
@@ -51,16 +56,29 @@ class ProxyError(Exception):
     def to_body(self) -> dict[str, Any]:
         return error_body(self.message, self.error_type, self.param, self.code)
 
+    @property
+    def label(self) -> str:
+        """A short fixed name for metrics and logs (never the message: it may quote input)."""
+        return self.code or self.error_type
+
 
 def error_body(
     message: str, error_type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
-    """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`, plus the
+    request id when written while serving a request."""
+    body: dict[str, Any] = {
+        "error": {"message": message, "type": error_type, "param": param, "code": code}
+    }
+    request_id = current_request_id()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
 
 
 def error_sse_event(error: ProxyError) -> bytes:
     """An error inside a stream that has already begun: one `data:` event, then the end."""
+    note_error(error.label)
     return b"data: " + orjson.dumps(error.to_body()) + b"\n\n"
 
 
@@ -135,6 +153,10 @@ class UpstreamStatus(UpstreamError):
         self.status_code = status_code
         self.body = body
         self.content_type = content_type
+
+    @property
+    def label(self) -> str:
+        return "upstream_status"  # the code itself is counted by clip_proxy_upstream_responses
 
     def to_body(self) -> dict[str, Any]:
         # An upstream that already speaks OpenAI's error shape is relayed as it is;

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,9 +27,20 @@ from app.encoder.pool import EncoderPool
 from app.encoder.preprocess import Pixels, preprocess
 from app.errors import Overloaded, ProxyError
 from app.ingest import ImageLimits, ImageSource, decode_image, read_image_source
+from app.metrics import Metrics
+from app.request_context import count_fact, note_stage
 from app.safe_fetch import SafeFetcher
 
 _HASH_IN_THREAD_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    pixels: Pixels
+    width: int
+    height: int
+    decode_s: float
+    preprocess_s: float
 
 
 class ImagePipeline:
@@ -40,10 +53,12 @@ class ImagePipeline:
         *,
         preprocess_threads: int = 4,
         cache: EmbeddingCache | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.cache = cache
         self._limits = limits
         self._fetcher = fetcher
+        self._metrics = metrics or Metrics()
         self._executor = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="preprocess")
         self._pool: EncoderPool | None = None
 
@@ -73,7 +88,13 @@ class ImagePipeline:
     async def embed(self, source: ImageSource) -> ImageEmbedding:
         """The image's vector with its SHA-256 and size, from the cache when it holds it."""
         self._require_pool()
+        self._metrics.images.labels(source=source.kind.value).inc()
+        count_fact("images")
+        started = time.perf_counter()
         data = await read_image_source(source, self._limits, self._fetcher)
+        fetch_s = time.perf_counter() - started
+        self._metrics.image_fetch.labels(source=source.kind.value).observe(fetch_s)
+        note_stage("fetch", fetch_s)
         sha256 = await self._sha256(data)
         if self.cache is None:
             return await self._compute(data, sha256, source.param)
@@ -92,11 +113,17 @@ class ImagePipeline:
     async def _compute(self, data: bytes, sha256: str, param: str) -> ImageEmbedding:
         pool = self._require_pool()
         loop = asyncio.get_running_loop()
-        pixels, width, height = await loop.run_in_executor(
-            self._executor, self._prepare, data, param
+        prepared = await loop.run_in_executor(self._executor, self._prepare, data, param)
+        self._metrics.image_decode.observe(prepared.decode_s)
+        self._metrics.preprocess.observe(prepared.preprocess_s)
+        note_stage("decode", prepared.decode_s)
+        note_stage("preprocess", prepared.preprocess_s)
+        queued = time.perf_counter()
+        vector = await pool.encode(prepared.pixels)
+        note_stage("encode", time.perf_counter() - queued)  # queue wait + its batch
+        return ImageEmbedding(
+            sha256=sha256, vector=vector, width=prepared.width, height=prepared.height
         )
-        vector = await pool.encode(pixels)
-        return ImageEmbedding(sha256=sha256, vector=vector, width=width, height=height)
 
     async def _sha256(self, data: bytes) -> str:
         if len(data) < _HASH_IN_THREAD_BYTES:
@@ -105,10 +132,21 @@ class ImagePipeline:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: hashlib.sha256(data).hexdigest())
 
-    def _prepare(self, data: bytes, param: str) -> tuple[Pixels, int, int]:
+    def _prepare(self, data: bytes, param: str) -> _Prepared:
+        """Pixels and size, and the seconds decoding and preprocessing took (timed here, in
+        the worker thread, so the event loop's scheduling does not count)."""
         pool = self._require_pool()
+        started = time.perf_counter()
         image = decode_image(data, self._limits, param=param)
-        return preprocess(image, pool.spec), image.width, image.height
+        decoded = time.perf_counter()
+        pixels = preprocess(image, pool.spec)
+        return _Prepared(
+            pixels=pixels,
+            width=image.width,
+            height=image.height,
+            decode_s=decoded - started,
+            preprocess_s=time.perf_counter() - decoded,
+        )
 
     def _require_pool(self) -> EncoderPool:
         if self._pool is None:

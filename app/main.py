@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +26,7 @@ from starlette.exceptions import HTTPException
 from app.api import chat, embeddings, health, models
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import AppState
+from app.api.observe import RequestObserver
 from app.cache import EmbeddingCache, build_backends, namespace_of
 from app.config import Settings
 from app.embeddings_service import EmbeddingsOptions, EmbeddingsService
@@ -36,6 +39,7 @@ from app.image_pipeline import ImagePipeline
 from app.ingest import ImageLimits
 from app.labels import Labeler, label_prompts, read_vocabulary
 from app.metrics import Metrics
+from app.request_context import note_error
 from app.safe_fetch import FetchPolicy, SafeFetcher
 from app.service import ChatOptions, ChatService
 from app.text_pipeline import TextPipeline
@@ -46,10 +50,12 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    metrics = Metrics(gpu_memory=gpu_memory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = build_state(settings)
+        refuse_worker_processes()
+        state = build_state(settings, metrics)
         app.state.clip_proxy = state
         loader = asyncio.create_task(start_encoders(settings, state))
         try:
@@ -68,12 +74,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Added last, so it runs first: the request id is bound before anything else runs.
+    app.add_middleware(RequestObserver, metrics=metrics)
     install_error_handlers(app)
     return app
 
 
-def build_state(settings: Settings) -> AppState:
-    metrics = Metrics(gpu_memory=gpu_memory)
+def refuse_worker_processes() -> None:
+    """One process per container, by design; refuse to start as one of several workers.
+
+    The encoder owns the GPU: every worker would load its own copy of CLIP, split the
+    batches (smaller batches, lower throughput) and keep its own queue and metrics, so a
+    scrape would see one worker's numbers. `clip-proxy serve` runs one worker; scale out with
+    replicas behind the load balancer instead. uvicorn's `--workers` and `--reload` start
+    the app in multiprocessing children, which is what this detects.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise RuntimeError(
+            "PROMETHEUS_MULTIPROC_DIR is set, but clip-proxy runs one process per container "
+            "and keeps its metrics in memory; unset it and scale with replicas"
+        )
+    if multiprocessing.parent_process() is not None:
+        raise RuntimeError(
+            "clip-proxy runs one worker per container (the encoder owns the GPU); start it "
+            "with `clip-proxy serve`, not several uvicorn workers, and scale with replicas"
+        )
+
+
+def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
+    metrics = metrics or Metrics(gpu_memory=gpu_memory)
     fetcher = SafeFetcher(
         FetchPolicy(
             max_bytes=settings.max_image_bytes,
@@ -98,6 +127,7 @@ def build_state(settings: Settings) -> AppState:
         fetcher,
         cache=cache,
         preprocess_threads=settings.preprocess_threads,
+        metrics=metrics,
     )
     texts = TextPipeline()
     upstream = UpstreamClient(
@@ -124,7 +154,7 @@ def build_state(settings: Settings) -> AppState:
         images=images,
         fetcher=fetcher,
         upstream=upstream,
-        chat=ChatService(options, images, upstream),
+        chat=ChatService(options, images, upstream, metrics=metrics),
         cache=cache,
         texts=texts,
         embeddings=EmbeddingsService(embeddings_options, images, texts),
@@ -233,10 +263,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ProxyError)
     async def proxy_error(request: Request, exc: ProxyError) -> JSONResponse:
+        note_error(exc.label)
         return JSONResponse(exc.to_body(), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        note_error("invalid_request")
         return JSONResponse(
             error_body(str(exc.errors()[0].get("msg")), "invalid_request_error"), 400
         )
@@ -244,11 +276,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        note_error(error_type)
         return JSONResponse(
             error_body(str(exc.detail), error_type), exc.status_code, headers=exc.headers
         )
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error", extra={"path": request.url.path})
-        return JSONResponse(error_body("internal error in clip-proxy", "server_error"), 500)
+    # Any other exception is a bug: RequestObserver (app/api/observe.py) logs it with its
+    # request id and answers 500 in the same shape.

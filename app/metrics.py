@@ -7,17 +7,28 @@ URL or model input.
     metrics = Metrics()
     metrics.request_duration.labels(route="/v1/chat/completions", status="2xx").observe(0.4)
     body = metrics.render()
+
+Adding a metric: define it here, in the section of its component (or a new section at the
+end of `__init__`), with a `_seconds` / `_bytes` / `_total` name and buckets that fit it.
+
+One process per container: the numbers live in this process's memory (no prometheus-client
+multiprocess mode), which is exact because `clip-proxy serve` runs a single uvicorn worker
+(see `app/main.py: refuse_worker_processes`). Scale with replicas; Prometheus scrapes each.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    Info,
     disable_created_metrics,
     generate_latest,
 )
@@ -34,13 +45,32 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 # One CLIP batch: ~1 ms on a GPU to seconds on a CPU.
 _ENCODE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Per-image CPU work and fetches: a base64 decode takes well under 1 ms, a URL fetch or a
+# large JPEG decode up to seconds (the fetch timeout is 5 s by default).
+_IMAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+# Whole upstream answers and streams: a reasoning model may think for minutes.
+_LONG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
-MemoryReading = dict[str, tuple[int, int]]  # device -> (used bytes, total bytes)
+@dataclass(frozen=True)
+class DeviceMemory:
+    """One GPU's memory: the driver's view (used, total) and torch's caching allocator's."""
+
+    used: int
+    total: int
+    allocated: int | None = None  # bytes in live tensors
+    reserved: int | None = None  # bytes the allocator holds (allocated + its cache)
+
+
+MemoryReading = dict[str, DeviceMemory]  # device ("cuda:0") -> memory
 
 
 class _GpuMemoryCollector(Collector):
-    """VRAM per device, read at scrape time. HELP/TYPE lines appear even with no GPU."""
+    """VRAM per device, read at scrape time. HELP/TYPE lines appear even with no GPU.
+
+    A failing reader (driver gone, NVML error) leaves the series out of that scrape rather
+    than failing the whole `/metrics` answer.
+    """
 
     def __init__(self, read: Callable[[], MemoryReading]) -> None:
         self._read = read
@@ -52,11 +82,28 @@ class _GpuMemoryCollector(Collector):
         total = GaugeMetricFamily(
             "clip_proxy_gpu_memory_total_bytes", "GPU memory on the device", labels=["device"]
         )
-        for device, (used_bytes, total_bytes) in self._read().items():
-            used.add_metric([device], used_bytes)
-            total.add_metric([device], total_bytes)
-        yield used
-        yield total
+        allocated = GaugeMetricFamily(
+            "clip_proxy_gpu_memory_allocated_bytes",
+            "GPU memory in live torch tensors (torch.cuda.memory_allocated)",
+            labels=["device"],
+        )
+        reserved = GaugeMetricFamily(
+            "clip_proxy_gpu_memory_reserved_bytes",
+            "GPU memory held by torch's caching allocator (torch.cuda.memory_reserved)",
+            labels=["device"],
+        )
+        try:
+            reading = self._read()
+        except Exception:  # a scrape must not fail because one reader did
+            reading = {}
+        for device, memory in reading.items():
+            used.add_metric([device], memory.used)
+            total.add_metric([device], memory.total)
+            if memory.allocated is not None:
+                allocated.add_metric([device], memory.allocated)
+            if memory.reserved is not None:
+                reserved.add_metric([device], memory.reserved)
+        yield from (used, total, allocated, reserved)
 
 
 def _no_gpus() -> MemoryReading:
@@ -78,7 +125,8 @@ class Metrics:
         )
         self.upstream_ttft = Histogram(
             "clip_proxy_upstream_ttft_seconds",
-            "Time from sending upstream to the first byte of its answer",
+            "Time from sending a streamed chat request upstream to its first token "
+            "(reasoning or answer text)",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -157,7 +205,101 @@ class Metrics:
             "Queued images skipped before compute because their request was gone",
             registry=r,
         )
+
+        # Requests, as the HTTP edge sees them (app/api/observe.py). `route` is the route
+        # template ("/v1/chat/completions", "unmatched"), `status` the class ("2xx").
+        self.requests = Counter(
+            "clip_proxy_requests", "HTTP requests answered", ["route", "status"], registry=r
+        )
+        self.requests_in_flight = Gauge(
+            "clip_proxy_requests_in_flight",
+            "API requests being served now (health and metrics probes left out)",
+            registry=r,
+        )
+        self.errors = Counter(
+            "clip_proxy_errors",
+            "Requests that ended in an error, by error code (before or during a stream)",
+            ["type"],
+            registry=r,
+        )
+
+        # Images, per image (app/image_pipeline.py).
+        self.images = Counter(
+            "clip_proxy_images",
+            "Images received, by source: data_url, upload or url",
+            ["source"],
+            registry=r,
+        )
+        self.image_fetch = Histogram(
+            "clip_proxy_image_fetch_seconds",
+            "Time to get an image's bytes: URL fetch, base64 decode of a data URL, or upload",
+            ["source"],
+            buckets=_IMAGE_BUCKETS,
+            registry=r,
+        )
+        self.image_decode = Histogram(
+            "clip_proxy_image_decode_seconds",
+            "Time to check and decode an image's bytes into RGB pixels",
+            buckets=_IMAGE_BUCKETS,
+            registry=r,
+        )
+        self.preprocess = Histogram(
+            "clip_proxy_preprocess_seconds",
+            "Time to resize, crop and normalise one image for CLIP",
+            buckets=_IMAGE_BUCKETS,
+            registry=r,
+        )
+
+        # The upstream, per chat completion (app/service.py, app/stream_meter.py).
+        self.upstream_ttfb = Histogram(
+            "clip_proxy_upstream_ttfb_seconds",
+            "Time from sending a chat request upstream to its response headers",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "clip_proxy_upstream_duration_seconds",
+            "Time from sending a chat request upstream to the last byte of its answer",
+            ["mode"],
+            buckets=_LONG_BUCKETS,
+            registry=r,
+        )
+        self.upstream_responses = Counter(
+            "clip_proxy_upstream_responses",
+            "Upstream answers to chat requests, by HTTP status code",
+            ["code"],
+            registry=r,
+        )
+        self.stream_duration = Histogram(
+            "clip_proxy_stream_duration_seconds",
+            "Time a relayed stream lasts, from the upstream's headers to its end, by outcome "
+            "(complete, error, cancelled: the client left)",
+            ["outcome"],
+            buckets=_LONG_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "clip_proxy_upstream_tokens",
+            "Tokens the upstream reported in usage (stream usage chunks and JSON answers)",
+            ["kind"],
+            registry=r,
+        )
+
+        self.build_info = Info("clip_proxy_build", "Version of this clip-proxy", registry=r)
+        self.build_info.info({"version": _version(), "python": platform.python_version()})
         r.register(_GpuMemoryCollector(gpu_memory))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def status_class(status: int) -> str:
+    """`200` -> `"2xx"`: few label values, and the dashboards read classes anyway."""
+    return f"{status // 100}xx"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("clip-proxy")
+    except metadata.PackageNotFoundError:
+        return "unknown"

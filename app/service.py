@@ -9,6 +9,7 @@ and the route picks the response class.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,11 +17,13 @@ from typing import Any
 import orjson
 
 from app.cache import ImageEmbedding
-from app.errors import ProxyError, TooManyImages
+from app.errors import ProxyError, TooManyImages, UpstreamStatus
 from app.image_pipeline import ImagePipeline
 from app.ingest import ImageSource
 from app.labels import Labeler
+from app.metrics import Metrics
 from app.protocol import ChatCompletionRequest, PromptFormat
+from app.request_context import note_stage
 from app.rewrite import (
     ImageFacts,
     ImageTemplates,
@@ -30,7 +33,8 @@ from app.rewrite import (
     last_user_index,
     rewrite_messages,
 )
-from app.upstream import UpstreamClient
+from app.stream_meter import count_tokens, metered_stream
+from app.upstream import UpstreamClient, UpstreamReply
 
 
 @dataclass(frozen=True)
@@ -69,11 +73,17 @@ class ChatService:
     """Orchestrates one chat completion through the proxy."""
 
     def __init__(
-        self, options: ChatOptions, images: ImagePipeline, upstream: UpstreamClient
+        self,
+        options: ChatOptions,
+        images: ImagePipeline,
+        upstream: UpstreamClient,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self._options = options
         self._images = images
         self._upstream = upstream
+        self._metrics = metrics or Metrics()
         # Set once the text tower has encoded the vocabulary, when labels are on.
         self.labeler: Labeler | None = None
 
@@ -97,21 +107,44 @@ class ChatService:
         body["messages"] = rewrite_messages(
             messages, images, self._options.prompt_format, self._options.templates
         )
-        body.setdefault("model", None)
-        body["model"] = body["model"] or self._options.default_model
+        body["model"] = body.get("model") or self._options.default_model
         if dry_run:
             return DryRun(body)
         stream = bool(body.get("stream"))
-        reply = await self._upstream.open(
-            "POST", "/chat/completions", body=orjson.dumps(body), stream=stream
-        )
+        sent_at = time.perf_counter()
+        reply = await self._send_upstream(orjson.dumps(body), stream)
+        headers_at = time.perf_counter()
         if stream:
-            return StreamReply(reply.relay(), reply.media_type)
-        return JsonReply(reply.status_code, await reply.read(), reply.media_type)
+            chunks = metered_stream(
+                reply.relay(), self._metrics, sent_at=sent_at, headers_at=headers_at
+            )
+            return StreamReply(chunks, reply.media_type)
+        answer = await reply.read()
+        self._metrics.upstream_duration.labels(mode="json").observe(time.perf_counter() - sent_at)
+        if b'"usage"' in answer:
+            count_tokens(self._metrics, _usage_of(answer))
+        return JsonReply(reply.status_code, answer, reply.media_type)
+
+    async def _send_upstream(self, payload: bytes, stream: bool) -> UpstreamReply:
+        """Send the chat request and wait for the upstream's headers; observe that wait."""
+        sent_at = time.perf_counter()
+        try:
+            reply = await self._upstream.open(
+                "POST", "/chat/completions", body=payload, stream=stream
+            )
+        except UpstreamStatus as exc:
+            self._metrics.upstream_responses.labels(code=str(exc.status_code)).inc()
+            raise
+        ttfb = time.perf_counter() - sent_at
+        self._metrics.upstream_ttfb.observe(ttfb)
+        self._metrics.upstream_responses.labels(code=str(reply.status_code)).inc()
+        note_stage("upstream_ttfb", ttfb)
+        return reply
 
     async def _encode_all(self, sources: dict[Location, ImageSource]) -> dict[Location, ImageFacts]:
         if not sources:
             return {}
+        started = time.perf_counter()
         results: dict[Location, ImageEmbedding] = {}
 
         async def encode_one(location: Location, source: ImageSource) -> None:
@@ -125,6 +158,7 @@ class ChatService:
                     group.create_task(encode_one(location, source))
         except ExceptionGroup as group_error:
             raise first_proxy_error(group_error) from None
+        note_stage("images", time.perf_counter() - started)  # all images, side by side
         # A history repeats its images: each distinct one is formatted (and labelled) once.
         facts_by_sha: dict[str, ImageFacts] = {}
         for embedding in results.values():
@@ -140,6 +174,15 @@ class ChatService:
             height=embedding.height,
             labels=self.labeler.describe(embedding.vector) if self.labeler else "",
         )
+
+
+def _usage_of(answer: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        return None
+    usage = parsed.get("usage") if isinstance(parsed, dict) else None
+    return usage if isinstance(usage, dict) else None
 
 
 def first_proxy_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -26,6 +26,7 @@ from app.errors import (
     UpstreamUnreachable,
     error_sse_event,
 )
+from app.request_context import current_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class UpstreamClient:
     ) -> UpstreamReply:
         """Send a request and wait for the status line; raise for anything but 2xx."""
         headers = {"Content-Type": "application/json"} if body is not None else {}
+        request_id = current_request_id()
+        if request_id is not None:  # lets the upstream's logs be joined with ours
+            headers["X-Request-ID"] = request_id
         if stream:
             # Compressed SSE would have to be decoded and re-chunked; identity streams as is.
             headers |= {"Accept": "text/event-stream", "Accept-Encoding": "identity"}

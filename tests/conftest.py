@@ -35,6 +35,18 @@ def data_url(path_or_bytes: Path | bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
+def unique_png(size: tuple[int, int] = (64, 48)) -> bytes:
+    """A PNG no test has sent before: a guaranteed miss in the feature cache."""
+    import io
+    import os
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -145,6 +145,12 @@ class FakeUpstream:
     async def _stop(self) -> None:
         assert self._server is not None
         self._server.close()
+        # Connections still being served (a slow stream nobody reads) end here, so the
+        # loop closes with no task left pending.
+        handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 2)
 

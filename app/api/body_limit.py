@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PayloadTooLarge
+from app.request_context import note_error
 
 
 class BodyLimitMiddleware:
@@ -23,6 +24,7 @@ class BodyLimitMiddleware:
                 # Refused before a byte of the body is read. This runs outside the app's
                 # exception handlers, so it answers itself.
                 error = self._error()
+                note_error(error.label)
                 await JSONResponse(error.to_body(), error.status_code)(scope, receive, send)
                 return
         received = 0

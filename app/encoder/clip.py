@@ -32,6 +32,8 @@ from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 from transformers.utils import logging as transformers_logging
 
 from app.encoder.preprocess import Pixels, PreprocessSpec
+from app.metrics import DeviceMemory, MemoryReading
+from app.nvml import normalise_uuid, nvml_memory_by_uuid
 
 logger = logging.getLogger(__name__)
 
@@ -210,14 +212,32 @@ def quantize_int8(model: torch.nn.Module, device: str) -> torch.nn.Module:
     return quantized
 
 
-def gpu_memory() -> dict[str, tuple[int, int]]:
-    """(used, total) bytes per visible CUDA device, as the driver reports them."""
-    if not torch.cuda.is_available():
+def gpu_memory() -> MemoryReading:
+    """Memory of each CUDA device this process uses, read at scrape time.
+
+    Used and total come from NVML (the driver's view, matched to torch's device index by
+    UUID, so CUDA_VISIBLE_DEVICES cannot mislabel them), allocated and reserved from torch's
+    caching allocator. A process that never touched CUDA (CPU encoder) reports nothing:
+    reading a device through torch would create a CUDA context, hundreds of MiB, per GPU.
+    """
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return {}
+    driver = nvml_memory_by_uuid()
     reading = {}
     for index in range(torch.cuda.device_count()):
-        free, total = torch.cuda.mem_get_info(index)
-        reading[f"cuda:{index}"] = (total - free, total)
+        reserved = int(torch.cuda.memory_reserved(index))
+        allocated = int(torch.cuda.memory_allocated(index))
+        uuid = normalise_uuid(str(torch.cuda.get_device_properties(index).uuid))
+        if uuid in driver:
+            used, total = driver[uuid]
+        elif reserved > 0:  # no NVML: ask CUDA, but only on a device that has a context
+            free, total = torch.cuda.mem_get_info(index)
+            used = total - free
+        else:
+            continue
+        reading[f"cuda:{index}"] = DeviceMemory(
+            used=used, total=total, allocated=allocated, reserved=reserved
+        )
     return reading
 
 
