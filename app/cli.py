@@ -35,6 +35,7 @@ def _serve(host: str, port: int) -> int:
 
     from app.config import Settings
     from app.main import create_app
+    from app.server import DrainingServer
 
     try:
         settings = Settings()
@@ -42,7 +43,16 @@ def _serve(host: str, port: int) -> int:
         print(f"clip-proxy: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     # One worker per process: the encoder owns the GPU; scale with replicas, not workers.
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+    )
+    server = DrainingServer(config, app.state.admission, drain_delay_s=settings.drain_delay_s)
+    server.run()
     return 0
 
 

@@ -107,6 +107,19 @@ class Metrics:
             "clip_proxy_cache_misses", "Image vectors that had to be computed", registry=r
         )
         r.register(_GpuMemoryCollector(gpu_memory))
+        # Reliability (issue #5)
+        self.upstream_retries = Counter(
+            "clip_proxy_upstream_retries",
+            "Upstream attempts retried, by the error or status that caused the retry",
+            ["reason"],
+            registry=r,
+        )
+        self.requests_refused = Counter(
+            "clip_proxy_requests_refused",
+            "Requests refused at the door: shed (overloaded) or draining",
+            ["reason"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
