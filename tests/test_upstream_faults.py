@@ -8,6 +8,7 @@ or idle in the pool, where the next request reuses it).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +21,10 @@ import pytest
 from tests.conftest import ProxyServer, free_port, proxy_settings
 from tests.upstream_server import FakeUpstream, Reply
 
-RATE_LIMITED = {"error": {"message": "slow down", "type": "rate_limit", "param": None,
-                          "code": "429"}}
-UNAVAILABLE = {"error": {"message": "busy", "type": "server_error", "param": None,
-                         "code": "503"}}
+RATE_LIMITED = {
+    "error": {"message": "slow down", "type": "rate_limit", "param": None, "code": "429"}
+}
+UNAVAILABLE = {"error": {"message": "busy", "type": "server_error", "param": None, "code": "503"}}
 HELLO = [{"role": "user", "content": "hello"}]
 
 
@@ -113,8 +114,14 @@ def test_503_past_the_retry_budget_is_relayed(
 
 
 def test_400_is_not_retried(fault_proxy: ProxyServer, upstream: FakeUpstream) -> None:
-    bad = {"error": {"message": "bad model", "type": "invalid_request_error", "param": None,
-                     "code": "400"}}
+    bad = {
+        "error": {
+            "message": "bad model",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "400",
+        }
+    }
     upstream.script(Reply(status=400, body=bad))
     with pytest.raises(openai.BadRequestError):
         client(fault_proxy).chat.completions.create(model="nope", messages=HELLO)
@@ -188,8 +195,12 @@ def test_reset_mid_stream_through_the_sdk(fault_proxy: ProxyServer, upstream: Fa
 def test_upstream_keepalive_comments_pass_through(
     fault_proxy: ProxyServer, upstream: FakeUpstream
 ) -> None:
-    events = [": keep-alive", '{"choices": [{"index": 0, "delta": {"content": "hi"}}]}',
-              ": keep-alive", "[DONE]"]
+    events = [
+        ": keep-alive",
+        '{"choices": [{"index": 0, "delta": {"content": "hi"}}]}',
+        ": keep-alive",
+        "[DONE]",
+    ]
     upstream.script(Reply(events=events))
     with httpx.stream(
         "POST",
@@ -212,8 +223,10 @@ def test_pings_while_the_model_thinks(
     proxy = start_proxy(ping_interval=0.2)
     upstream.script(Reply(first_chunk_delay_s=1.0))
     with httpx.stream(
-        "POST", proxy.url + "/v1/chat/completions",
-        json={"messages": HELLO, "stream": True}, timeout=5,
+        "POST",
+        proxy.url + "/v1/chat/completions",
+        json={"messages": HELLO, "stream": True},
+        timeout=5,
     ) as response:
         lines = [line for line in response.iter_lines() if line]
     first_data = next(i for i, line in enumerate(lines) if line.startswith("data: "))
@@ -222,9 +235,7 @@ def test_pings_while_the_model_thinks(
     assert lines[-1] == "data: [DONE]"
     # The SDK ignores comments: the same stream reads as usual.
     upstream.script(Reply(first_chunk_delay_s=0.5))
-    stream = client(proxy).chat.completions.create(
-        model="deepseek-r1", messages=HELLO, stream=True
-    )
+    stream = client(proxy).chat.completions.create(model="deepseek-r1", messages=HELLO, stream=True)
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text == "A cat on a sofa."
 
@@ -253,5 +264,5 @@ def test_rate_limit_toward_the_upstream(
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
         assert int(refused.headers["retry-after"]) >= 1
     sent = sorted(chat_requests(upstream))
-    gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
     assert all(gap >= 0.3 for gap in gaps), gaps  # 3/s means a third of a second apart
