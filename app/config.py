@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     upstream_retry_base_s: float = Field(0.5, gt=0)
     upstream_retry_max_s: float = Field(8.0, gt=0)
     upstream_max_connections: int = Field(256, ge=1)
+    # Idle upstream connections older than this are closed (at the next request).
+    upstream_keepalive_expiry_s: float = Field(30.0, gt=0)
     # Client-side rate limit toward the upstream (Tencent allows 3/s); 0 = off. A request
     # waits up to upstream_rate_limit_wait_s for its slot, then gets 429 with Retry-After.
     upstream_rate_limit_rps: float = Field(0.0, ge=0)

@@ -97,6 +97,7 @@ def build_state(settings: Settings) -> AppState:
         connect_timeout_s=settings.upstream_connect_timeout_s,
         read_timeout_s=settings.upstream_read_timeout_s,
         max_connections=settings.upstream_max_connections,
+        keepalive_expiry_s=settings.upstream_keepalive_expiry_s,
         retry=RetryPolicy(
             settings.upstream_max_retries,
             settings.upstream_retry_base_s,

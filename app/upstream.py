@@ -138,6 +138,7 @@ class UpstreamClient:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 600.0,
         max_connections: int = 256,
+        keepalive_expiry_s: float = 30.0,
         retry: RetryPolicy | None = None,
         rate_limiter: RateLimiter | None = None,
         on_retry: Callable[[str], None] | None = None,
@@ -157,7 +158,7 @@ class UpstreamClient:
             limits=httpx.Limits(
                 max_connections=max_connections,
                 max_keepalive_connections=max_connections,
-                keepalive_expiry=30.0,
+                keepalive_expiry=keepalive_expiry_s,
             ),
             trust_env=False,
         )
