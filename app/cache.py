@@ -176,6 +176,14 @@ def _bytes_held_by(backend: MemoryBackend) -> Callable[[], float]:
     return lambda: float(backend.bytes_held)
 
 
+@dataclass
+class _Flight:
+    """One image's lookup-or-compute, shared by every request that sent the same bytes."""
+
+    task: asyncio.Task[ImageEmbedding]
+    waiters: int = 0
+
+
 class EmbeddingCache:
     """Backends in order, fastest first, plus single flight across requests."""
 
@@ -186,7 +194,7 @@ class EmbeddingCache:
         self._metrics = metrics
         self._prefix = prefix
         self._namespace: str | None = None
-        self._flights: dict[str, asyncio.Task[ImageEmbedding]] = {}
+        self._flights: dict[str, _Flight] = {}
         self._writes: set[asyncio.Task[None]] = set()
         for backend in self._backends:
             metrics.cache_hits.labels(backend=backend.name)
@@ -219,15 +227,25 @@ class EmbeddingCache:
         else:
             # The flight is a task of its own, so a caller that goes away (a client that
             # disconnects) does not cancel the work others are waiting for.
-            flight = asyncio.create_task(self._lookup_or_compute(key, sha256, compute))
-            self._flights[key] = flight
-            flight.add_done_callback(lambda done: self._land(key, done))
-        return await asyncio.shield(flight)
+            task = asyncio.create_task(self._lookup_or_compute(key, sha256, compute))
+            flight = self._flights[key] = _Flight(task)
+            task.add_done_callback(lambda done: self._land(key, done))
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                # Every caller has gone: the work is for nobody. Cancelling it drops its
+                # image from the encoder queue before compute.
+                flight.task.cancel()
 
-    def _land(self, key: str, flight: asyncio.Task[ImageEmbedding]) -> None:
-        self._flights.pop(key, None)
-        if not flight.cancelled():
-            flight.exception()  # retrieved here, so a flight nobody awaits logs nothing
+    def _land(self, key: str, task: asyncio.Task[ImageEmbedding]) -> None:
+        flight = self._flights.get(key)
+        if flight is not None and flight.task is task:
+            del self._flights[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a flight nobody awaits logs nothing
 
     async def _lookup_or_compute(self, key: str, sha256: str, compute: Compute) -> ImageEmbedding:
         for depth, backend in enumerate(self._backends):

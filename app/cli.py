@@ -40,6 +40,7 @@ def _serve(host: str, port: int) -> int:
     from app.config import Settings
     from app.logging_setup import configure_logging
     from app.main import create_app
+    from app.server import DrainingServer
 
     try:
         settings = Settings()
@@ -50,14 +51,18 @@ def _serve(host: str, port: int) -> int:
     # One worker per process: the encoder owns the GPU; scale with replicas, not workers.
     # (An app object, not an import string, so uvicorn cannot be asked to fork workers.)
     # log_config=None keeps the JSON logging above; the proxy logs each request itself.
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
         log_config=None,
         log_level=settings.log_level,
         access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
+    server = DrainingServer(config, app.state.admission, drain_delay_s=settings.drain_delay_s)
+    server.run()
     return 0
 
 

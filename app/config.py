@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -94,6 +95,31 @@ class Settings(BaseSettings):
     preprocess_threads: int = Field(4, ge=1, le=64)
     # Observability (logs are JSON lines on stderr; see app/logging_setup.py)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Reliability and client auth (issue #5)
+    # A file of client keys, one per line ('#' comments), read at start-up with API_KEYS.
+    api_keys_file: Path | None = None
+    # Require a client key on /metrics too (when client keys are configured).
+    metrics_require_auth: bool = False
+    # Retries toward the upstream, only before a byte went to the client.
+    upstream_max_retries: int = Field(2, ge=0, le=10)
+    upstream_retry_base_s: float = Field(0.5, gt=0)
+    upstream_retry_max_s: float = Field(8.0, gt=0)
+    upstream_max_connections: int = Field(256, ge=1)
+    # Idle upstream connections older than this are closed (at the next request).
+    upstream_keepalive_expiry_s: float = Field(30.0, gt=0)
+    # Client-side rate limit toward the upstream (Tencent allows 3/s); 0 = off. A request
+    # waits up to upstream_rate_limit_wait_s for its slot, then gets 429 with Retry-After.
+    upstream_rate_limit_rps: float = Field(0.0, ge=0)
+    upstream_rate_limit_wait_s: float = Field(2.0, ge=0)
+    # SSE comment sent while a stream has been silent this long (load balancers cut idle
+    # connections at 60 s, and a reasoning model may think for minutes); 0 = off.
+    ping_interval: float = Field(15.0, ge=0)
+    # Requests in flight under /v1/ past which new ones get 503 + Retry-After; 0 = no limit.
+    max_in_flight: int = Field(256, ge=0)
+    # On SIGTERM: /readyz turns 503 at once; the listener closes after drain_delay_s (time
+    # for a load balancer to notice); streams in flight get shutdown_grace_s to finish.
+    drain_delay_s: float = Field(0.0, ge=0)
+    shutdown_grace_s: float = Field(30.0, ge=0)
 
     @field_validator("device", mode="before")
     @classmethod

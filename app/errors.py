@@ -11,6 +11,7 @@ The tree (status in brackets):
     ├── PayloadTooLarge       [413] body or image over its byte limit
     ├── Unauthorized          [401] missing or wrong client key
     ├── Overloaded            [503] queue full, not ready, draining (carries Retry-After)
+    ├── RateLimited           [429] the proxy's own rate limit toward the upstream (Retry-After)
     ├── EncoderFailed         [500] the model itself failed on a good image
     └── UpstreamError               the DeepSeek side
         ├── UpstreamUnreachable [502] connection refused, reset, bad response
@@ -125,6 +126,18 @@ class Overloaded(ProxyError):
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
+class RateLimited(ProxyError):
+    """The proxy's client-side rate limit toward the upstream is full for longer than a
+    request may wait; the client should come back after `Retry-After` seconds."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class EncoderFailed(ProxyError):
     status_code = 500
     error_type = "server_error"
@@ -148,8 +161,17 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamStatus(UpstreamError):
     """The upstream answered with an error status; the client sees that status and body."""
 
-    def __init__(self, status_code: int, body: bytes, content_type: str | None) -> None:
-        super().__init__(f"upstream answered {status_code}", code=str(status_code))
+    def __init__(
+        self,
+        status_code: int,
+        body: bytes,
+        content_type: str | None,
+        *,
+        retry_after: str | None = None,
+    ) -> None:
+        # Retry-After is relayed so a client backs off as long as the upstream asked.
+        headers = {"Retry-After": retry_after} if retry_after else None
+        super().__init__(f"upstream answered {status_code}", code=str(status_code), headers=headers)
         self.status_code = status_code
         self.body = body
         self.content_type = content_type

@@ -25,6 +25,8 @@ from app.safe_fetch import SafeFetcher
 
 # Formats a chat client sends; anything else (SVG, TIFF, PSD, ICO...) is refused by name.
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
+# The widest panorama or tallest strip accepted (see `_check_header`).
+MAX_ASPECT_RATIO = 100
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,", re.I)
 
 
@@ -122,6 +124,14 @@ def _check_header(image: Image.Image, limits: ImageLimits, param: str | None) ->
     if width * height > limits.max_pixels:
         raise InvalidImage(
             f"image is {width}x{height}, more than {limits.max_pixels} pixels", param=param
+        )
+    # Preprocessing scales the short side up to 224: a 100000x1 strip would become a
+    # 22400000x224 picture (15 GB). No photo is this thin; refuse it before any work.
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise InvalidImage(
+            f"image is {width}x{height}; sides further apart than {MAX_ASPECT_RATIO}:1 "
+            "are not supported",
+            param=param,
         )
     if getattr(image, "is_animated", False):
         raise InvalidImage("animated images are not supported; send one frame", param=param)

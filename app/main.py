@@ -24,6 +24,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from app.api import chat, embeddings, health, models
+from app.api.admission import Admission, AdmissionMiddleware
+from app.api.auth import ClientAuthMiddleware, load_client_keys
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import AppState
 from app.api.observe import RequestObserver
@@ -39,11 +41,12 @@ from app.image_pipeline import ImagePipeline
 from app.ingest import ImageLimits
 from app.labels import Labeler, label_prompts, read_vocabulary
 from app.metrics import Metrics
+from app.rate_limit import RateLimiter
 from app.request_context import note_error
 from app.safe_fetch import FetchPolicy, SafeFetcher
 from app.service import ChatOptions, ChatService
 from app.text_pipeline import TextPipeline
-from app.upstream import UpstreamClient
+from app.upstream import RetryPolicy, UpstreamClient
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         refuse_worker_processes()
         state = build_state(settings, metrics)
         app.state.clip_proxy = state
+        refused = state.metrics.requests_refused
+        app.state.admission.on_refused = lambda reason: refused.labels(reason=reason).inc()
         loader = asyncio.create_task(start_encoders(settings, state))
         try:
             yield
@@ -74,6 +79,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Reliability and auth (outermost last): auth, then shedding/draining, then body limit.
+    # `app.state.admission` exists before the lifespan runs: the CLI's SIGTERM handler and
+    # /readyz read its draining flag.
+    app.state.admission = Admission(settings.max_in_flight)
+    app.add_middleware(AdmissionMiddleware, admission=app.state.admission)
+    app.add_middleware(
+        ClientAuthMiddleware,
+        keys=load_client_keys(settings.api_keys, settings.api_keys_file),
+        protect_metrics=settings.metrics_require_auth,
+    )
     # Added last, so it runs first: the request id is bound before anything else runs.
     app.add_middleware(RequestObserver, metrics=metrics)
     install_error_handlers(app)
@@ -135,6 +150,19 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
         settings.upstream_api_key.get_secret_value(),
         connect_timeout_s=settings.upstream_connect_timeout_s,
         read_timeout_s=settings.upstream_read_timeout_s,
+        max_connections=settings.upstream_max_connections,
+        keepalive_expiry_s=settings.upstream_keepalive_expiry_s,
+        retry=RetryPolicy(
+            settings.upstream_max_retries,
+            settings.upstream_retry_base_s,
+            settings.upstream_retry_max_s,
+        ),
+        rate_limiter=(
+            RateLimiter(settings.upstream_rate_limit_rps, settings.upstream_rate_limit_wait_s)
+            if settings.upstream_rate_limit_rps
+            else None
+        ),
+        on_retry=lambda reason: metrics.upstream_retries.labels(reason=reason).inc(),
     )
     options = ChatOptions(
         default_model=settings.default_model,

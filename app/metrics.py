@@ -288,6 +288,19 @@ class Metrics:
         self.build_info = Info("clip_proxy_build", "Version of this clip-proxy", registry=r)
         self.build_info.info({"version": _version(), "python": platform.python_version()})
         r.register(_GpuMemoryCollector(gpu_memory))
+        # Reliability (issue #5)
+        self.upstream_retries = Counter(
+            "clip_proxy_upstream_retries",
+            "Upstream attempts retried, by the error or status that caused the retry",
+            ["reason"],
+            registry=r,
+        )
+        self.requests_refused = Counter(
+            "clip_proxy_requests_refused",
+            "Requests refused at the door: shed (overloaded) or draining",
+            ["reason"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

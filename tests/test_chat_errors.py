@@ -218,24 +218,27 @@ def test_upstream_error_status_and_body_are_relayed(
             "code": "busy",
         }
     }
-    upstream.script(Reply(status=429, body=body, headers={"retry-after": "3"}))
+    # A 400 is never retried: the client sees the upstream's own status and body at once.
+    upstream.script(Reply(status=400, body=body))
     client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0)
-    with pytest.raises(openai.RateLimitError) as caught:
+    with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
             model="deepseek-r1", messages=[{"role": "user", "content": "x"}]
         )
-    assert caught.value.status_code == 429
+    assert caught.value.status_code == 400
     assert caught.value.body == body["error"]
+    assert len(upstream.requests) == 1
 
 
 def test_non_json_upstream_error_is_wrapped(proxy: ProxyServer, upstream: FakeUpstream) -> None:
-    upstream.script(
-        Reply(
-            status=502, raw_body=b"<html>bad gateway</html>", headers={"content-type": "text/html"}
-        )
+    # A 502 from a gateway: retried (the upstream's default), then relayed, wrapped.
+    page = Reply(
+        status=502, raw_body=b"<html>bad gateway</html>", headers={"content-type": "text/html"}
     )
-    error = assert_openai_error(httpx.post(proxy.url + CHAT, json=TEXT), 502, None)
+    upstream.script(page, page, page)
+    error = assert_openai_error(httpx.post(proxy.url + CHAT, json=TEXT, timeout=30), 502, None)
     assert "<html>bad gateway</html>" in error["message"] and error["code"] == "502"
+    assert len(upstream.requests) == 3
 
 
 def test_unreachable_upstream_is_502(start_proxy: Callable[..., ProxyServer]) -> None:

@@ -217,7 +217,14 @@ def test_upstream_error_status_is_counted_by_code(
     proxy: ProxyServer, upstream: FakeUpstream
 ) -> None:
     before = scrape(proxy.url)
-    upstream.script(Reply(status=429, body={"error": {"message": "slow down", "type": "rate"}}))
+    # Retry-After past the proxy's retry cap: relayed at once instead of retried.
+    upstream.script(
+        Reply(
+            status=429,
+            body={"error": {"message": "slow down", "type": "rate"}},
+            headers={"retry-after": "120"},
+        )
+    )
     with pytest.raises(openai.RateLimitError):
         sdk(proxy).chat.completions.create(
             model="deepseek-r1", messages=[{"role": "user", "content": "hi"}]

@@ -97,6 +97,7 @@ class Reply:
     chunk_delay_s: float = 0.0
     stall_before_headers_s: float = 0.0
     reset_after_chunks: int | None = None  # abort the TCP connection after N chunks
+    first_chunk_delay_s: float = 0.0  # headers sent, then silence (a model thinking)
 
 
 @dataclass
@@ -106,6 +107,7 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     received_at: float
+    connection: int = 0  # which TCP connection carried it (1, 2, ... in order of opening)
 
     @property
     def json(self) -> Any:
@@ -119,6 +121,7 @@ class FakeUpstream:
         self.connections_opened = 0
         self.connections_closed = 0
         self.closed_at: list[float] = []
+        self.closed_connections: dict[int, float] = {}  # connection -> monotonic close time
         self._script: deque[Reply] = deque()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -173,19 +176,23 @@ class FakeUpstream:
     # protocol --------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections_opened += 1
+        connection = self.connections_opened
         try:
-            while await self._serve_one(reader, writer):
+            while await self._serve_one(reader, writer, connection):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self.connections_closed += 1
             self.closed_at.append(time.monotonic())
+            self.closed_connections[connection] = self.closed_at[-1]
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _serve_one(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connection: int = 0
+    ) -> bool:
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         method, path, _ = lines[0].split(" ", 2)
@@ -195,11 +202,11 @@ class FakeUpstream:
                 name, value = line.split(":", 1)
                 headers[name.strip().lower()] = value.strip()
         body = await reader.readexactly(int(headers.get("content-length", "0")))
-        recorded = Recorded(method, path, headers, body, time.monotonic())
+        recorded = Recorded(method, path, headers, body, time.monotonic(), connection)
         self.requests.append(recorded)
         reply = self._script.popleft() if self._script else Reply()
         if reply.stall_before_headers_s:
-            await asyncio.sleep(reply.stall_before_headers_s)
+            await self._pause(reader, reply.stall_before_headers_s)
         if path.endswith("/models"):
             model = {"id": MODEL, "object": "model", "owned_by": "test"}
             payload = {"object": "list", "data": [model]}
@@ -212,7 +219,19 @@ class FakeUpstream:
         if not wants_stream:
             await self._send_json(writer, 200, r1_completion(), reply.headers)
             return True
-        return await self._send_stream(writer, reply)
+        return await self._send_stream(writer, reply, reader)
+
+    async def _pause(self, reader: asyncio.StreamReader | None, seconds: float) -> None:
+        """Sleep, but notice at once if the client closes the connection meanwhile."""
+        if reader is None:
+            await asyncio.sleep(seconds)
+            return
+        try:
+            data = await asyncio.wait_for(reader.read(1), seconds)
+        except TimeoutError:
+            return
+        if not data:
+            raise ConnectionResetError("the client closed the connection")
 
     async def _send_json(
         self,
@@ -232,7 +251,12 @@ class FakeUpstream:
         )
         await writer.drain()
 
-    async def _send_stream(self, writer: asyncio.StreamWriter, reply: Reply) -> bool:
+    async def _send_stream(
+        self,
+        writer: asyncio.StreamWriter,
+        reply: Reply,
+        reader: asyncio.StreamReader | None = None,
+    ) -> bool:
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
             b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
@@ -243,8 +267,10 @@ class FakeUpstream:
             if reply.reset_after_chunks is not None and index == reply.reset_after_chunks:
                 writer.transport.abort()
                 return False
+            if index == 0 and reply.first_chunk_delay_s:
+                await self._pause(reader, reply.first_chunk_delay_s)
             if index and reply.chunk_delay_s:
-                await asyncio.sleep(reply.chunk_delay_s)
+                await self._pause(reader, reply.chunk_delay_s)
             payload = (event if event.startswith(":") else f"data: {event}") + "\n\n"
             data = payload.encode()
             writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")

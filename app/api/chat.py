@@ -6,7 +6,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.api.deps import state_of
+from app.api.disconnect import ClientDisconnected, unless_disconnected
+from app.api.openapi import request_body_schema
 from app.api.request_body import read_chat_request
+from app.keepalive import with_pings
+from app.protocol import ChatCompletionRequest
 from app.service import DryRun, JsonReply
 
 router = APIRouter()
@@ -14,9 +18,16 @@ router = APIRouter()
 DRY_RUN_HEADER = "x-clip-proxy-dry-run"
 # Intermediaries must neither cache nor buffer an event stream.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# nginx's status for "the client closed the request": nobody receives it, the log shows it.
+CLIENT_CLOSED = 499
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    # The route reads the raw request (JSON or multipart); this documents the JSON body.
+    openapi_extra=request_body_schema(ChatCompletionRequest),
+)
 async def chat_completions(request: Request) -> Response:
     state = state_of(request)
     limits = state.settings
@@ -27,9 +38,16 @@ async def chat_completions(request: Request) -> Response:
         max_body_bytes=limits.max_body_bytes,
     )
     dry_run = request.headers.get(DRY_RUN_HEADER, "").lower() in ("1", "true", "yes")
-    outcome = await state.chat.complete(chat, uploads, dry_run=dry_run)
+    try:
+        # Until the upstream answers, nothing watches the client: this does.
+        outcome = await unless_disconnected(
+            request.receive, state.chat.complete(chat, uploads, dry_run=dry_run)
+        )
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED)
     if isinstance(outcome, DryRun):
         return JSONResponse(outcome.body)
     if isinstance(outcome, JsonReply):
         return Response(outcome.body, outcome.status_code, media_type=outcome.media_type)
-    return StreamingResponse(outcome.chunks, media_type=outcome.media_type, headers=STREAM_HEADERS)
+    chunks = with_pings(outcome.chunks, limits.ping_interval)
+    return StreamingResponse(chunks, media_type=outcome.media_type, headers=STREAM_HEADERS)

@@ -22,6 +22,9 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """Ready for traffic: the encoder is loaded and warm, and the process is not draining."""
     state = state_of(request)
+    if request.app.state.admission.draining:
+        error = Overloaded("the server is shutting down", retry_after_s=1, code="draining")
+        return JSONResponse(error.to_body(), error.status_code, headers=error.headers)
     if not state.images.ready:
         error = Overloaded("the image encoder is not ready", retry_after_s=5, code="not_ready")
         return JSONResponse(error.to_body(), error.status_code, headers=error.headers)

@@ -35,11 +35,36 @@ async def read_chat_request(
     return validate_chat(raw), uploads
 
 
+# Deeper than any chat request needs, and well under orjson's limit (255) for writing the
+# body upstream again: a deeper document is refused here instead of failing there.
+MAX_JSON_DEPTH = 64
+
+
 def parse_json(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    if too_deep(value, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """True if `value` nests lists/objects more than `limit` deep (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: list[Any] = list(node.values())
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def validate_chat(raw: Any) -> ChatCompletionRequest:
@@ -92,11 +117,14 @@ async def _read_multipart(
 
 def _form_value(name: str, value: str) -> Any:
     try:
-        return orjson.loads(value)
+        parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
         if name == "messages":
             raise InvalidRequest("'messages' must be a JSON array", param="messages") from None
         return value  # `-F user=alice` means the string
+    if too_deep(parsed, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"field {name!r} is nested deeper than {MAX_JSON_DEPTH} levels")
+    return parsed
 
 
 async def _read_upload(upload: UploadFile, index: int, max_bytes: int) -> ImageSource:

@@ -1,0 +1,74 @@
+"""Who gets in: load shedding past a limit of requests in flight, and draining on shutdown.
+
+Pure ASGI, so a request counts as in flight until its last byte is sent (a stream included)
+and disconnects still reach the route. Past `max_in_flight`, or once draining has begun, a
+`/v1/*` request is answered 503 with Retry-After at once, before its body is read: a
+client (or load balancer) retries elsewhere instead of queueing behind work that cannot
+finish in time. Health and metrics are never shed.
+
+    admission = Admission(max_in_flight=256)
+    app.add_middleware(AdmissionMiddleware, admission=admission)
+    admission.begin_draining()       # on SIGTERM: /readyz 503, new requests 503
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import Overloaded
+
+SHED_PREFIX = "/v1/"
+
+
+class Admission:
+    """The count of requests in flight and the draining flag of one process."""
+
+    def __init__(self, max_in_flight: int = 0) -> None:
+        self.max_in_flight = max_in_flight  # 0: no limit
+        self.in_flight = 0
+        self.draining = False
+        # Set by the lifespan once metrics exist: counts refusals by reason.
+        self.on_refused: Callable[[str], None] = lambda reason: None
+
+    def begin_draining(self) -> None:
+        self.draining = True
+
+    def refusal(self) -> Overloaded | None:
+        """Why a new request may not start now, if it may not."""
+        if self.draining:
+            return Overloaded(
+                "the server is shutting down; retry on another replica",
+                retry_after_s=1,
+                code="draining",
+            )
+        if self.max_in_flight and self.in_flight >= self.max_in_flight:
+            return Overloaded(
+                f"too many requests in flight (limit {self.max_in_flight}); retry shortly",
+                retry_after_s=1,
+            )
+        return None
+
+
+class AdmissionMiddleware:
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(SHED_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        refusal = self.admission.refusal()
+        if refusal is not None:
+            self.admission.on_refused(refusal.code or "overloaded")
+            response = JSONResponse(refusal.to_body(), refusal.status_code, refusal.headers)
+            await response(scope, receive, send)
+            return
+        self.admission.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.in_flight -= 1

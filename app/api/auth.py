@@ -1,0 +1,84 @@
+"""Client auth: `Authorization: Bearer <key>` on every `/v1/*` call when keys are configured.
+
+Pure ASGI, so streaming and disconnect detection pass through untouched. Keys are compared
+as SHA-256 digests with `hmac.compare_digest`, against every configured key without an
+early exit, so the time taken says nothing about how much of a key was right. Health
+endpoints stay open (load balancers call them without keys); `/metrics` is protected when
+`CLIP_PROXY_METRICS_REQUIRE_AUTH` is set. No key, good or bad, is ever logged.
+
+    app.add_middleware(ClientAuthMiddleware, keys=load_client_keys(settings.api_keys, path))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import SecretStr
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import Unauthorized
+
+PROTECTED_PREFIX = "/v1/"
+METRICS_PATH = "/metrics"
+
+
+def load_client_keys(keys: Iterable[SecretStr], keys_file: Path | None) -> list[bytes]:
+    """Digests of every client key: from the setting and from a file of one key per line."""
+    values = [key.get_secret_value() for key in keys]
+    if keys_file is not None:
+        for line in keys_file.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                values.append(line)
+    return [_digest(value) for value in values if value]
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def bearer_token(scope: Scope) -> str | None:
+    name: bytes
+    value: bytes
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return None
+    return None
+
+
+class ClientAuthMiddleware:
+    def __init__(self, app: ASGIApp, keys: list[bytes], protect_metrics: bool = False) -> None:
+        self.app = app
+        self.keys = keys
+        self.protect_metrics = protect_metrics
+
+    def _protects(self, path: str) -> bool:
+        return path.startswith(PROTECTED_PREFIX) or (self.protect_metrics and path == METRICS_PATH)
+
+    def _accepts(self, token: str | None) -> bool:
+        presented = _digest(token or "")
+        matched = False
+        for key in self.keys:
+            # `|` rather than `or`: every key is compared, whatever matched before.
+            matched |= hmac.compare_digest(presented, key)
+        return matched and token is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or not self._protects(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        if self._accepts(bearer_token(scope)):
+            await self.app(scope, receive, send)
+            return
+        error = Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
+        headers = error.headers | {"WWW-Authenticate": "Bearer"}
+        await JSONResponse(error.to_body(), error.status_code, headers=headers)(
+            scope, receive, send
+        )
