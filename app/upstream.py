@@ -26,6 +26,7 @@ from app.errors import (
     UpstreamUnreachable,
     error_sse_event,
 )
+from app.upstream_transport import UpstreamTransport
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ class UpstreamClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             trust_env=False,
+            # Our own transport: httpcore's per-chunk cost dominated the relay (issue #8).
+            transport=UpstreamTransport(max_connections=max_connections),
         )
 
     async def aclose(self) -> None:
