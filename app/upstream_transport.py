@@ -56,6 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.body_size = 0
         self.complete = False
+        self.keep_alive = False
         self.error: httpx.HTTPError | None = None
         self.reading_paused = False
         self._wakeup: asyncio.Future[None] | None = None
@@ -107,6 +108,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        # Only meaningful while the message is being parsed: llhttp resets it afterwards.
+        self.keep_alive = self.parser.should_keep_alive()
         if not self.headers_done.done():
             self.headers_done.set_result(None)
 
@@ -126,12 +129,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._begin_response()
         try:
             async with asyncio.timeout(write_s):
-                self.transport.write(head)
+                # The head leaves with the first piece of the body: one write, one syscall.
+                pending = head
                 async for piece in body:
                     await self._can_write.wait()
                     if self.closed:
                         break
-                    self.transport.write(piece)
+                    self.transport.write(pending + piece if pending else piece)
+                    pending = b""
+                if pending:
+                    self.transport.write(pending)
         except TimeoutError as exc:
             self.close()
             raise httpx.WriteTimeout("writing the request to the upstream timed out") from exc
@@ -175,7 +182,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.complete
             and self.error is None
             and not self.closed
-            and self.parser.should_keep_alive()
+            and self.keep_alive
         )
 
     def close(self) -> None:
