@@ -13,6 +13,16 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def cache_line(cache: dict[str, float | None]) -> str:
+    hits, before = cache.get("hits_after"), cache.get("hits_before") or 0
+    if not hits or hits <= before:
+        return (
+            "no feature-cache hit in clip-proxy (clip_proxy_cache_hits_total did not grow): "
+            "every image request was decoded and encoded again (test CLIP model, CPU)."
+        )
+    return f"clip-proxy served {hits - before:.0f} image vectors from its feature cache."
+
+
 def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
     """(target, met, measured) for each target of issue #8."""
     cells: Cells = results["cells"]
@@ -94,7 +104,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"{results['upstream']['delay_ms']} ms apart per stream (ideal: "
         f"{1000 / results['upstream']['delay_ms']:.0f} chunks/s per request). "
         f"clip-proxy process has loaded: {libraries}.",
-        f"Image cells: clip-proxy cache hits before/after {results['image_cache']}.",
+        f"Image cells: {cache_line(results['image_cache'])}",
         "",
     ]
     lines += [f"Note: {note}" for note in results["notes"]]
