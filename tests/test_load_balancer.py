@@ -72,8 +72,16 @@ class Replica:
 
     def start(self) -> None:
         # `python -m app.cli` is the `clip-proxy` console script, run from this checkout.
-        command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1",
-                   "--port", str(self.port)]
+        command = [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
@@ -133,7 +141,8 @@ class Nginx:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [self.binary, "-c", str(self.config), "-e", str(self.prefix / "error.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 10
         while not port_open(self.port):
@@ -161,9 +170,17 @@ class Cluster:
     replicas: list[Replica]
     upstream: FakeUpstream
 
+    def restart_stopped(self) -> None:
+        """A test that stopped a replica leaves it stopped; the next test starts it again."""
+        stopped = [r for r in self.replicas if r.process is None or r.process.poll() is not None]
+        for replica in stopped:
+            replica.start()
+        for replica in stopped:
+            replica.wait_ready()
+
 
 @pytest.fixture(scope="module")
-def cluster(
+def running_cluster(
     test_model_dir: Path, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     if find_nginx() is None:
@@ -194,12 +211,21 @@ def cluster(
             replica.stop()
 
 
+@pytest.fixture
+def cluster(running_cluster: Cluster) -> Cluster:
+    running_cluster.restart_stopped()
+    return running_cluster
+
+
 def chat(image: str | None = None, *, stream: bool = True) -> dict[str, Any]:
     content: list[dict[str, Any]] = [{"type": "text", "text": "What is in the picture?"}]
     if image is not None:
         content.append({"type": "image_url", "image_url": {"url": image}})
-    return {"model": "deepseek-r1", "stream": stream,
-            "messages": [{"role": "user", "content": content}]}
+    return {
+        "model": "deepseek-r1",
+        "stream": stream,
+        "messages": [{"role": "user", "content": content}],
+    }
 
 
 @dataclass
@@ -229,9 +255,12 @@ def read_stream(
     url: str, body: dict[str, Any], first_event: threading.Event | None = None, tag: str = ""
 ) -> StreamResult:
     # X-Test-Id only labels the request in nginx's access log.
-    with httpx.Client(timeout=30) as client, client.stream(
-        "POST", url + "/v1/chat/completions", json=body, headers={"X-Test-Id": tag}
-    ) as response:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST", url + "/v1/chat/completions", json=body, headers={"X-Test-Id": tag}
+        ) as response,
+    ):
         result = StreamResult(response.status_code, response.headers.get("content-type", ""))
         for line in response.iter_lines():
             if line.startswith("data: "):
@@ -277,7 +306,8 @@ def sent_vector(recorded_json: dict[str, Any]) -> np.ndarray:
 
 
 @pytest.mark.xfail(
-    not SHARED_CACHE_WIRED, strict=True,
+    not SHARED_CACHE_WIRED,
+    strict=True,
     reason="the Redis cache shared by replicas arrives with issue 6",
 )
 def test_an_image_encoded_by_one_replica_is_a_cache_hit_on_the_other(cluster: Cluster) -> None:
@@ -286,16 +316,21 @@ def test_an_image_encoded_by_one_replica_is_a_cache_hit_on_the_other(cluster: Cl
         r.name: (r.metric("clip_proxy_batch_size_sum"), r.metric("clip_proxy_cache_hits_total"))
         for r in cluster.replicas
     }
-    first = httpx.post(cluster.nginx.url + "/v1/chat/completions",
-                       json=chat(photo, stream=False), timeout=30)
+    first = httpx.post(
+        cluster.nginx.url + "/v1/chat/completions", json=chat(photo, stream=False), timeout=30
+    )
     assert first.status_code == 200, first.text
-    encoded = [r for r in cluster.replicas
-               if r.metric("clip_proxy_batch_size_sum") == before[r.name][0] + 1]
+    encoded = [
+        r
+        for r in cluster.replicas
+        if r.metric("clip_proxy_batch_size_sum") == before[r.name][0] + 1
+    ]
     assert len(encoded) == 1, "exactly one replica encoded the new picture"
     other = next(r for r in cluster.replicas if r is not encoded[0])
 
-    second = httpx.post(other.url + "/v1/chat/completions", json=chat(photo, stream=False),
-                        timeout=30)
+    second = httpx.post(
+        other.url + "/v1/chat/completions", json=chat(photo, stream=False), timeout=30
+    )
     assert second.status_code == 200, second.text
     assert other.metric("clip_proxy_cache_hits_total") == before[other.name][1] + 1
     assert other.metric("clip_proxy_batch_size_sum") == before[other.name][0]  # not encoded
@@ -311,41 +346,38 @@ def test_sigterm_to_a_replica_during_live_streams_loses_no_request(cluster: Clus
     assert victim.process is not None
     first_events = [threading.Event() for _ in range(streams)]
     log_before = len(cluster.nginx.access_log())
-    try:
-        with ThreadPoolExecutor(max_workers=streams + 4) as pool:
-            live = [pool.submit(read_stream, cluster.nginx.url, chat(), event, f"live-{i}")
-                    for i, event in enumerate(first_events)]
-            for event in first_events:  # every stream is under way on some replica
-                assert event.wait(timeout=30)
-            victim.process.send_signal(signal.SIGTERM)
-            terminated_at = time.monotonic()
-            # New requests during the drain, until the victim has exited.
-            later = []
-            while victim.process.poll() is None and time.monotonic() - terminated_at < 20:
-                later.append(pool.submit(read_stream, cluster.nginx.url, chat(), None, "later"))
-                time.sleep(0.2)
-            later.append(pool.submit(read_stream, cluster.nginx.url, chat(), None, "last"))
-            live_results = [future.result(timeout=60) for future in live]
-            later_results = [future.result(timeout=60) for future in later]
-        victim.process.wait(timeout=30)
+    with ThreadPoolExecutor(max_workers=streams + 4) as pool:
+        live = [
+            pool.submit(read_stream, cluster.nginx.url, chat(), event, f"live-{i}")
+            for i, event in enumerate(first_events)
+        ]
+        for event in first_events:  # every stream is under way on some replica
+            assert event.wait(timeout=30)
+        victim.process.send_signal(signal.SIGTERM)
+        terminated_at = time.monotonic()
+        # New requests during the drain, until the victim has exited.
+        later = []
+        while victim.process.poll() is None and time.monotonic() - terminated_at < 20:
+            later.append(pool.submit(read_stream, cluster.nginx.url, chat(), None, "later"))
+            time.sleep(0.2)
+        later.append(pool.submit(read_stream, cluster.nginx.url, chat(), None, "last"))
+        live_results = [future.result(timeout=60) for future in live]
+        later_results = [future.result(timeout=60) for future in later]
+    victim.process.wait(timeout=30)
 
-        assert [result.complete for result in live_results] == [True] * streams
-        assert [result.complete for result in later_results] == [True] * len(later_results)
-        # uvicorn shuts down gracefully, then re-raises SIGTERM: exit status 143 / -15.
-        assert victim.process.returncode in (0, -signal.SIGTERM), victim.log_tail()
-        assert "Application shutdown complete" in victim.log_tail()
-        entries = cluster.nginx.access_log()[log_before:]
-        assert len(entries) == streams + len(later_results)
-        assert all(entry[1] == "200" for entry in entries), entries
-        # The victim had live streams when it got SIGTERM, and finished them (they are
-        # complete above, and nginx cannot move a stream that has begun).
-        live_on_victim = [e for e in entries if e[0].startswith("live-") and e[2] == victim.address]
-        assert live_on_victim, entries
-        # A request after the victim exited went to the survivor (nginx may try the
-        # victim first and move on: `$upstream_addr` then lists both).
-        last = next(entry for entry in entries if entry[0] == "last")
-        assert last[2].split(", ")[-1] == survivor.address
-    finally:
-        # Leave the module's cluster whole for any test after this one.
-        victim.start()
-        victim.wait_ready()
+    assert [result.complete for result in live_results] == [True] * streams
+    assert [result.complete for result in later_results] == [True] * len(later_results)
+    # uvicorn shuts down gracefully, then re-raises SIGTERM: exit status 143 / -15.
+    assert victim.process.returncode in (0, -signal.SIGTERM), victim.log_tail()
+    assert "Application shutdown complete" in victim.log_tail()
+    entries = cluster.nginx.access_log()[log_before:]
+    assert len(entries) == streams + len(later_results)
+    assert all(entry[1] == "200" for entry in entries), entries
+    # The victim had live streams when it got SIGTERM, and finished them (they are
+    # complete above, and nginx cannot move a stream that has begun).
+    live_on_victim = [e for e in entries if e[0].startswith("live-") and e[2] == victim.address]
+    assert live_on_victim, entries
+    # A request after the victim exited went to the survivor (nginx may try the
+    # victim first and move on: `$upstream_addr` then lists both).
+    last = next(entry for entry in entries if entry[0] == "last")
+    assert last[2].split(", ")[-1] == survivor.address
