@@ -225,3 +225,33 @@ def test_grafana_provisioning_matches_compose() -> None:
     prometheus = [s for s in sources if s.get("type") == "prometheus"]
     assert prometheus and all(s["url"].rstrip("/") == "http://prometheus:9090" for s in prometheus)
     assert (GRAFANA / "dashboards" / "clip-proxy.json").is_file()
+
+
+def drain_settings() -> dict[str, float]:
+    """Settings that bound the SIGTERM drain, in seconds (issue 5 adds them)."""
+    return {
+        name: float(field.default)
+        for name, field in Settings.model_fields.items()
+        if ("drain" in name or "grace" in name)
+        and name.endswith("_s")
+        and isinstance(field.default, int | float)
+    }
+
+
+def test_shutdown_grace_periods_outlast_the_drain() -> None:
+    documents = dict((document["kind"], document) for _, document in kubernetes_documents())
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    pause = float(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    env = {item["name"]: item.get("value") for item in container.get("env", [])}
+    env |= documents["ConfigMap"]["data"]
+    compose = without_tags(load_yaml(COMPOSE_FILES[0]))
+    stop_grace = compose["services"]["clip-proxy"]["stop_grace_period"]
+    assert stop_grace.endswith("s")
+    drains = drain_settings()
+    if not drains:
+        pytest.skip("no drain setting in Settings yet (issue 5)")
+    for name, default in drains.items():
+        drain = float(env.get(f"CLIP_PROXY_{name.upper()}") or default)
+        assert pod["terminationGracePeriodSeconds"] > pause + drain, name
+        assert float(stop_grace.removesuffix("s")) > drain, name

@@ -107,9 +107,10 @@ class Replica:
                 self.process.wait()
 
     def metric(self, name: str) -> float:
+        """The sum of every series of `name`, whatever its labels (0 when it has none)."""
         text = httpx.get(self.url + "/metrics", timeout=5).text
-        match = re.search(rf"(?m)^{re.escape(name)} (\S+)$", text)
-        return float(match.group(1)) if match else 0.0
+        values = re.findall(rf"(?m)^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text)
+        return sum(float(value) for value in values)
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
