@@ -38,13 +38,6 @@ from tests.upstream_server import FakeUpstream, Reply
 REDIS_URL = "redis://127.0.0.1:6379/7"  # db 7: this module's own, apart from other tests
 ANSWER = "A cat on a sofa."  # what the fake upstream's default stream spells out
 
-# The shared cache (issue 6) is wired when some module besides config.py reads cache_url.
-SHARED_CACHE_WIRED = any(
-    "cache_url" in path.read_text()
-    for path in (ROOT / "app").rglob("*.py")
-    if path.name != "config.py"
-)
-
 
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
@@ -306,11 +299,6 @@ def sent_vector(recorded_json: dict[str, Any]) -> np.ndarray:
     return parse_vector(match.group(1))
 
 
-@pytest.mark.xfail(
-    not SHARED_CACHE_WIRED,
-    strict=True,
-    reason="the Redis cache shared by replicas arrives with issue 6",
-)
 def test_an_image_encoded_by_one_replica_is_a_cache_hit_on_the_other(cluster: Cluster) -> None:
     photo = random_photo()
     before = {

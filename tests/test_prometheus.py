@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import ProxyServer, free_port
 from tests.metrics_text import exported_names, sample, scrape
 
-DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana" / "clip-proxy-dashboard.json"
+DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana" / "dashboards" / "clip-proxy.json"
 CHAT = "/v1/chat/completions"
 # What Grafana would put in place of the dashboard's variables.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*"}
@@ -195,7 +195,7 @@ def test_example_scrape_config_is_valid() -> None:
     if promtool is None:
         prometheus_binary()  # fails under CI, skips elsewhere
         pytest.skip("promtool is not installed")
-    config = DASHBOARD.parent / "prometheus.yml"
+    config = DASHBOARD.parent.parent / "prometheus.yml"
     result = subprocess.run(
         [promtool, "check", "config", "--syntax-only", str(config)],
         capture_output=True,
