@@ -193,6 +193,12 @@ class Settings(BaseSettings):
     def _check_labels_prompt(cls, value: str) -> str:
         if "{label}" not in value:
             raise ValueError("CLIP_PROXY_LABELS_PROMPT must contain {label}")
+        try:
+            value.format(label="label")  # any other placeholder would fail at start-up
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"CLIP_PROXY_LABELS_PROMPT: only {{label}} may be in braces ({exc!r})"
+            ) from exc
         return value
 
     @model_validator(mode="after")

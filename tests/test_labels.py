@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,3 +138,22 @@ def test_a_labels_template_without_labels_on_is_refused_at_start() -> None:
         Settings(image_template=TEMPLATE)
     with pytest.raises(ValidationError, match="unknown placeholder"):
         Settings(retained_image_template="<retain_image_emb>{vectors}</retain_image_emb>")
+    with pytest.raises(ValidationError, match="CLIP_PROXY_LABELS_PROMPT"):
+        Settings(labels_prompt="a {style} photo of a {label}")
+
+
+def test_a_missing_vocabulary_file_is_logged_and_keeps_the_proxy_unready(
+    start_proxy: Callable[..., ProxyServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "no-such-vocabulary.txt"
+    caplog.set_level("ERROR", logger="app.main")
+    proxy = start_proxy(wait_ready=False, labels_top_k=3, labels_vocabulary=str(missing))
+    deadline = time.monotonic() + 30
+    failures: list[logging.LogRecord] = []
+    while time.monotonic() < deadline and not failures:
+        time.sleep(0.05)
+        failures = [record for record in caplog.records if record.name == "app.main"]
+    assert failures, "the start-up failure was never logged"
+    assert failures[0].exc_info is not None and "no-such-vocabulary" in str(failures[0].exc_info[1])
+    ready = httpx.get(proxy.url + "/readyz")
+    assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
