@@ -26,15 +26,20 @@ PROTECTED_PREFIX = "/v1/"
 METRICS_PATH = "/metrics"
 
 
-def load_client_keys(keys: Iterable[SecretStr], keys_file: Path | None) -> list[bytes]:
-    """Digests of every client key: from the setting and from a file of one key per line."""
+def client_keys(keys: Iterable[SecretStr], keys_file: Path | None) -> list[str]:
+    """Every client key: from the setting and from a file of one key per line."""
     values = [key.get_secret_value() for key in keys]
     if keys_file is not None:
         for line in keys_file.read_text(encoding="utf-8").splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 values.append(line)
-    return [_digest(value) for value in values if value]
+    return [value for value in values if value]
+
+
+def load_client_keys(keys: Iterable[SecretStr], keys_file: Path | None) -> list[bytes]:
+    """Digests of every client key (`client_keys`)."""
+    return [_digest(value) for value in client_keys(keys, keys_file)]
 
 
 def _digest(key: str) -> bytes:
