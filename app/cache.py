@@ -237,8 +237,12 @@ class EmbeddingCache:
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.task.done():
                 # Every caller has gone: the work is for nobody. Cancelling it drops its
-                # image from the encoder queue before compute.
+                # image from the encoder queue before compute. The flight leaves the table
+                # now, not when it has unwound: a caller arriving meanwhile (a client that
+                # retries at once) starts its own instead of inheriting the cancellation.
                 flight.task.cancel()
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
 
     def _land(self, key: str, task: asyncio.Task[ImageEmbedding]) -> None:
         flight = self._flights.get(key)

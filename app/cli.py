@@ -67,9 +67,14 @@ def _serve(host: str, port: int) -> int:
 
 
 def _secrets(settings: Settings) -> list[str]:
-    """Values masked in every log line, whatever logged them."""
-    keys = [settings.upstream_api_key, *settings.api_keys]
-    return [key.get_secret_value() for key in keys if key.get_secret_value()]
+    """Values masked in every log line, whatever logged them: the upstream key and every
+    client key, those of API_KEYS_FILE included."""
+    from app.api.auth import client_keys
+
+    upstream = settings.upstream_api_key.get_secret_value()
+    return [
+        key for key in [upstream, *client_keys(settings.api_keys, settings.api_keys_file)] if key
+    ]
 
 
 def _make_test_model(directory: Path, projection_dim: int) -> int:

@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.protocol import PromptFormat
@@ -193,6 +193,20 @@ class Settings(BaseSettings):
     def _check_labels_prompt(cls, value: str) -> str:
         if "{label}" not in value:
             raise ValueError("CLIP_PROXY_LABELS_PROMPT must contain {label}")
+        try:
+            value.format(label="label")  # any other placeholder would fail at start-up
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"CLIP_PROXY_LABELS_PROMPT: only {{label}} may be in braces ({exc!r})"
+            ) from exc
+        return value
+
+    @field_validator("api_keys_file", "labels_vocabulary")
+    @classmethod
+    def _check_file(cls, value: Path | str | None, info: ValidationInfo) -> Path | str | None:
+        # Read at start-up: a wrong path is named here, not in a traceback from create_app.
+        if value and not Path(value).is_file():
+            raise ValueError(f"CLIP_PROXY_{str(info.field_name).upper()}: no file at {value}")
         return value
 
     @model_validator(mode="after")

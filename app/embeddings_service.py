@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from app.errors import InvalidRequest, TooManyImages
+from app.errors import InvalidRequest, TooManyImages, first_proxy_error
 from app.image_pipeline import ImagePipeline
 from app.ingest import ImageSource
 from app.protocol import EmbeddingRequest
-from app.service import first_proxy_error
 from app.text_pipeline import TextPipeline
 
 _IMAGE_PREFIXES = ("data:", "http://", "https://")

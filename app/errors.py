@@ -6,8 +6,8 @@ The tree (status in brackets):
     ├── InvalidRequest        [400] malformed JSON, missing or mistyped fields
     │   ├── InvalidImage      [400] not an image, truncated, animated, bomb, unsupported format
     │   ├── TooManyImages     [400] more images than CLIP_PROXY_MAX_IMAGES_PER_REQUEST
-    │   └── ForbiddenUrl      [400] an image URL the proxy will not fetch (SSRF rules)
-    ├── ImageFetchFailed      [400] an allowed URL that could not be fetched as an image
+    │   ├── ForbiddenUrl      [400] an image URL the proxy will not fetch (SSRF rules)
+    │   └── ImageFetchFailed  [400] an allowed URL that could not be fetched as an image
     ├── PayloadTooLarge       [413] body or image over its byte limit
     ├── Unauthorized          [401] missing or wrong client key
     ├── Overloaded            [503] queue full, not ready, draining (carries Retry-After)
@@ -81,6 +81,17 @@ def error_sse_event(error: ProxyError) -> bytes:
     """An error inside a stream that has already begun: one `data:` event, then the end."""
     note_error(error.label)
     return b"data: " + orjson.dumps(error.to_body()) + b"\n\n"
+
+
+def first_proxy_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to show the client from a TaskGroup's failures: the first one of ours
+    (several images of one request failing at once surface as one group)."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            error = first_proxy_error(error)
+        if isinstance(error, ProxyError):
+            return error
+    return group.exceptions[0]
 
 
 class InvalidRequest(ProxyError):

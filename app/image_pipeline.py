@@ -4,8 +4,9 @@ Reading is async (a URL fetch); decoding and preprocessing are CPU work and run 
 thread pool, so they overlap the encoder's compute and never block the event loop; the
 encoder pool batches what arrives from every request.
 
-    pipeline = ImagePipeline(pool, limits, fetcher)
-    vector = await pipeline.vector(ImageSource.from_url(url, param))
+    pipeline = ImagePipeline(limits, fetcher, cache=cache, metrics=metrics)
+    pipeline.attach(pool)                # once the encoder is loaded
+    image = await pipeline.embed(ImageSource.from_url(url, param))   # .vector, .sha256, ...
 
 With a cache (`app.cache`), the bytes' SHA-256 is looked up before any decoding, and
 identical images in flight at once are decoded and encoded once.
@@ -19,8 +20,6 @@ import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-import numpy as np
 
 from app.cache import EmbeddingCache, ImageEmbedding
 from app.encoder.pool import EncoderPool
@@ -81,9 +80,6 @@ class ImagePipeline:
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._pool is not None:
             self._pool.stop()
-
-    async def vector(self, source: ImageSource) -> np.ndarray:
-        return (await self.embed(source)).vector
 
     async def embed(self, source: ImageSource) -> ImageEmbedding:
         """The image's vector with its SHA-256 and size, from the cache when it holds it."""

@@ -5,7 +5,7 @@ An image's scores are CLIP's own: softmax over the vocabulary of
 `logit_scale * cosine(image, label)`, with the checkpoint's trained logit scale. The top k
 are written for the prompt as `dog 0.62, frisbee 0.21`.
 
-    labeler = Labeler.build(vocabulary, label_vectors, logit_scale, top_k=3)
+    labeler = Labeler(labels=vocabulary, vectors=label_vectors, logit_scale=100.0, top_k=3)
     labeler.describe(vector)   # "dog 0.62, frisbee 0.21, person 0.05"
 """
 

@@ -192,7 +192,9 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
 async def start_encoders(settings: Settings, state: AppState) -> None:
     """Load one model copy per device off the event loop; the pool warms each worker.
 
-    `/readyz` turns 200 once every worker is warm (the pool's `ready`).
+    `/readyz` turns 200 once every worker is warm (the pool's `ready`). Any failure on the
+    way is logged and leaves `/readyz` at 503: this runs as a background task, whose
+    exception would otherwise surface only as "Task exception was never retrieved".
     """
     try:
         encoders = await asyncio.to_thread(
@@ -204,10 +206,10 @@ async def start_encoders(settings: Settings, state: AppState) -> None:
             compile=settings.encoder_compile,
             warm_batch=settings.max_batch,
         )
+        if not await start_text_side(settings, state, encoders[0]):
+            return
     except Exception:
         logger.exception("could not load the CLIP encoder; /readyz stays 503")
-        return
-    if not await start_text_side(settings, state, encoders[0]):
         return
     pool = EncoderPool(
         encoders,
@@ -258,9 +260,10 @@ async def start_text_side(settings: Settings, state: AppState, vision: ClipImage
             return False
         logger.exception("no CLIP text tower: /v1/embeddings takes images only")
         return True
-    state.texts.attach(text)
     if settings.labels_top_k > 0:
+        # Before `attach`: the text tower serves one caller at a time (ClipTextEncoder).
         state.chat.labeler = await asyncio.to_thread(build_labeler, settings, text)
+    state.texts.attach(text)
     return True
 
 

@@ -88,24 +88,26 @@ class SafeFetcher:
     async def _follow(self, url: str, param: str | None) -> bytes:
         for _ in range(self._policy.max_redirects + 1):
             request = await self._pinned_request(url, param)
+            # httpx errors while connecting or while the body streams in (a reset, a short
+            # read) are the image's failure, never the proxy's.
             try:
                 response = await self._client.send(request, stream=True)
+                try:
+                    if response.status_code in _REDIRECTS and "location" in response.headers:
+                        url = urljoin(url, response.headers["location"])
+                        continue
+                    if response.status_code != 200:
+                        raise ImageFetchFailed(
+                            f"fetching the image answered HTTP {response.status_code}: {url}",
+                            param=param,
+                        )
+                    return await self._read_capped(response, param)
+                finally:
+                    await response.aclose()
             except httpx.TimeoutException as exc:
                 raise ImageFetchFailed(f"fetching the image timed out: {url}", param=param) from exc
             except httpx.HTTPError as exc:
                 raise ImageFetchFailed(f"could not fetch the image: {url}", param=param) from exc
-            try:
-                if response.status_code in _REDIRECTS and "location" in response.headers:
-                    url = urljoin(url, response.headers["location"])
-                    continue
-                if response.status_code != 200:
-                    raise ImageFetchFailed(
-                        f"fetching the image answered HTTP {response.status_code}: {url}",
-                        param=param,
-                    )
-                return await self._read_capped(response, param)
-            finally:
-                await response.aclose()
         raise ImageFetchFailed(
             f"more than {self._policy.max_redirects} redirects fetching {url}", param=param
         )

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from app.cache import ImageEmbedding
-from app.errors import ProxyError, TooManyImages, UpstreamStatus
+from app.errors import TooManyImages, UpstreamStatus, first_proxy_error
 from app.image_pipeline import ImagePipeline
 from app.ingest import ImageSource
 from app.labels import Labeler
@@ -183,16 +183,6 @@ def _usage_of(answer: bytes) -> dict[str, Any] | None:
         return None
     usage = parsed.get("usage") if isinstance(parsed, dict) else None
     return usage if isinstance(usage, dict) else None
-
-
-def first_proxy_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to show the client from a group of failures: the first one of ours."""
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            return first_proxy_error(error)
-        if isinstance(error, ProxyError):
-            return error
-    return group.exceptions[0]
 
 
 UPLOAD_URL = "upload:"

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ProxyServer
+from tests.conftest import ProxyServer, metric_value
 from tests.upstream_server import FakeUpstream
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -46,6 +46,8 @@ def test_keys_guard_v1_and_leave_health_open(
     assert httpx.get(proxy.url + "/healthz").status_code == 200
     assert httpx.get(proxy.url + "/readyz").status_code == 200
     assert httpx.get(proxy.url + "/metrics").status_code == 200
+    # Refusals count among the errors, by code, like every other error the proxy answers.
+    assert metric_value(proxy.url, "clip_proxy_errors_total", type="invalid_api_key") == 6
 
 
 def test_sdk_sees_an_authentication_error(start_proxy: Callable[..., ProxyServer]) -> None:

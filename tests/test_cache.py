@@ -4,6 +4,7 @@ image, however many requests, turns or concurrent copies carry it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import zlib
 from collections.abc import Callable
@@ -100,6 +101,33 @@ def test_single_flight_computes_once_for_concurrent_callers_and_once_after() -> 
     results = asyncio.run(scenario())
     assert calls == 1
     assert all(np.array_equal(result.vector, np.ones(4)) for result in results)
+
+
+def test_a_caller_arriving_as_an_abandoned_flight_is_cancelled_gets_a_fresh_one() -> None:
+    """A client that disconnects and retries at once must not inherit the cancellation."""
+    started = asyncio.Event()
+    calls = 0
+
+    async def compute() -> ImageEmbedding:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await asyncio.sleep(0 if calls > 1 else 30)
+        return ImageEmbedding("ef" * 32, np.ones(4, dtype=np.float32), 1, 1)
+
+    async def scenario() -> ImageEmbedding:
+        cache = EmbeddingCache([MemoryBackend(1 << 20)], Metrics(), prefix="t:")
+        cache.bind("ns")
+        gone = asyncio.create_task(cache.get_or_compute("ef" * 32, compute))
+        await started.wait()
+        gone.cancel()  # its only caller leaves: the flight is cancelled, not yet unwound
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+        return await cache.get_or_compute("ef" * 32, compute)
+
+    result = asyncio.run(scenario())
+    assert calls == 2
+    assert np.array_equal(result.vector, np.ones(4))
 
 
 def test_ten_concurrent_requests_with_one_new_image_encode_it_once(

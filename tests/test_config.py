@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -73,3 +75,9 @@ def test_serve_refuses_bad_configuration_with_a_clear_message() -> None:
     )
     assert result.returncode == 2
     assert "invalid configuration" in result.stderr and "tpu" in result.stderr
+
+
+def test_every_setting_is_in_the_readme_table_and_nothing_else() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", readme, re.MULTILINE))
+    assert documented == {name.upper() for name in Settings.model_fields}

@@ -39,6 +39,14 @@ class Handler(BaseHTTPRequestHandler):
             self._send(302, b"", {"Location": "/loop"})
         elif self.path == "/big":
             self._send(200, b"\0" * 3_000_000, {"Content-Type": "image/png"})
+        elif self.path == "/cut":
+            # Promises the whole image, sends a tenth of it and hangs up.
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(CAT)))
+            self.end_headers()
+            self.wfile.write(CAT[: len(CAT) // 10])
+            self.close_connection = True
         else:
             self._send(404, b"nope", {})
 
@@ -111,6 +119,11 @@ def test_fetch_failures_are_client_errors(
     big = ask(trusting_proxy, f"http://127.0.0.1:{port}/big")
     assert big.status_code == 413
     assert big.json()["error"]["param"] == "messages[0].content[1].image_url"
+    # The body breaks off after the headers: still the image's fault, not the proxy's.
+    cut = ask(trusting_proxy, f"http://127.0.0.1:{port}/cut")
+    assert cut.status_code == 400
+    assert cut.json()["error"]["code"] == "image_fetch_failed"
+    assert cut.json()["error"]["param"] == "messages[0].content[1].image_url"
 
 
 @pytest.mark.parametrize(

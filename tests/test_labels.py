@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,3 +138,27 @@ def test_a_labels_template_without_labels_on_is_refused_at_start() -> None:
         Settings(image_template=TEMPLATE)
     with pytest.raises(ValidationError, match="unknown placeholder"):
         Settings(retained_image_template="<retain_image_emb>{vectors}</retain_image_emb>")
+    with pytest.raises(ValidationError, match="CLIP_PROXY_LABELS_PROMPT"):
+        Settings(labels_prompt="a {style} photo of a {label}")
+    with pytest.raises(ValidationError, match="CLIP_PROXY_LABELS_VOCABULARY: no file"):
+        Settings(labels_top_k=3, labels_vocabulary="/no/such/labels.txt")
+    with pytest.raises(ValidationError, match="CLIP_PROXY_API_KEYS_FILE: no file"):
+        Settings(api_keys_file="/no/such/keys.txt")
+
+
+def test_an_empty_vocabulary_is_logged_and_keeps_the_proxy_unready(
+    start_proxy: Callable[..., ProxyServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    empty = tmp_path / "empty-vocabulary.txt"
+    empty.write_text("# nothing but a comment\n")
+    caplog.set_level("ERROR", logger="app.main")
+    proxy = start_proxy(wait_ready=False, labels_top_k=3, labels_vocabulary=str(empty))
+    deadline = time.monotonic() + 30
+    failures: list[logging.LogRecord] = []
+    while time.monotonic() < deadline and not failures:
+        time.sleep(0.05)
+        failures = [record for record in caplog.records if record.name == "app.main"]
+    assert failures, "the start-up failure was never logged"
+    assert failures[0].exc_info is not None and "holds no labels" in str(failures[0].exc_info[1])
+    ready = httpx.get(proxy.url + "/readyz")
+    assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"

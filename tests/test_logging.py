@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from app.cli import _secrets as cli_secrets
+from app.config import Settings
 from app.logging_setup import JsonFormatter, Redactor
 from app.request_context import RequestRecord, bound
 from tests.conftest import DATA, data_url, free_port
@@ -181,3 +183,15 @@ def test_redactor_masks_keys_bearer_tokens_and_base64() -> None:
     assert UPSTREAM_KEY not in line and "abc.def" not in line
     assert payload[:32] not in line
     assert parsed["image"] == "data:[redacted]"
+
+
+def test_client_keys_from_the_keys_file_are_masked_too(tmp_path: Path) -> None:
+    """`clip-proxy serve` masks every configured key, those of API_KEYS_FILE as well."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# clients\nclient-key-FROMFILE-71b3\n")
+    settings = Settings(api_keys="client-key-FROMENV-2d9a", api_keys_file=keys)
+    record = logging.makeLogRecord(
+        {"msg": "client sent client-key-FROMFILE-71b3 and client-key-FROMENV-2d9a"}
+    )
+    line = JsonFormatter(Redactor(cli_secrets(settings))).format(record)
+    assert "FROMFILE" not in line and "FROMENV" not in line

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import Overloaded
+from app.request_context import note_error
 
 SHED_PREFIX = "/v1/"
 
@@ -64,6 +65,7 @@ class AdmissionMiddleware:
         refusal = self.admission.refusal()
         if refusal is not None:
             self.admission.on_refused(refusal.code or "overloaded")
+            note_error(refusal.label)
             response = JSONResponse(refusal.to_body(), refusal.status_code, refusal.headers)
             await response(scope, receive, send)
             return

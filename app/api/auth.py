@@ -21,20 +21,26 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import Unauthorized
+from app.request_context import note_error
 
 PROTECTED_PREFIX = "/v1/"
 METRICS_PATH = "/metrics"
 
 
-def load_client_keys(keys: Iterable[SecretStr], keys_file: Path | None) -> list[bytes]:
-    """Digests of every client key: from the setting and from a file of one key per line."""
+def client_keys(keys: Iterable[SecretStr], keys_file: Path | None) -> list[str]:
+    """Every client key: from the setting and from a file of one key per line."""
     values = [key.get_secret_value() for key in keys]
     if keys_file is not None:
         for line in keys_file.read_text(encoding="utf-8").splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 values.append(line)
-    return [_digest(value) for value in values if value]
+    return [value for value in values if value]
+
+
+def load_client_keys(keys: Iterable[SecretStr], keys_file: Path | None) -> list[bytes]:
+    """Digests of every client key (`client_keys`)."""
+    return [_digest(value) for value in client_keys(keys, keys_file)]
 
 
 def _digest(key: str) -> bytes:
@@ -78,6 +84,7 @@ class ClientAuthMiddleware:
             await self.app(scope, receive, send)
             return
         error = Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
+        note_error(error.label)
         headers = error.headers | {"WWW-Authenticate": "Bearer"}
         await JSONResponse(error.to_body(), error.status_code, headers=headers)(
             scope, receive, send
