@@ -127,6 +127,9 @@ class Unauthorized(ProxyError):
     error_type = "authentication_error"
     code = "invalid_api_key"
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
 
 class Overloaded(ProxyError):
     status_code = 503

@@ -106,8 +106,12 @@ def decode_image(data: bytes, limits: ImageLimits, *, param: str | None) -> Imag
         raise InvalidImage(f"image has more than {limits.max_pixels} pixels", param=param) from exc
     except UnidentifiedImageError as exc:
         raise InvalidImage("the data is not a supported image", param=param) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        # PIL's way of saying truncated or corrupt.
+    except InvalidImage:
+        raise
+    except Exception as exc:
+        # OSError, SyntaxError, ValueError, EOFError are PIL's way of saying truncated or
+        # corrupt; crafted files reach struct.error, IndexError and the like in its plugins.
+        # Whatever the decoder trips on, it is this image that is bad, not the server.
         raise InvalidImage("the image is truncated or corrupt", param=param) from exc
     return to_rgb(image)
 

@@ -10,6 +10,7 @@ encoder worker is loaded and warm.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -29,6 +30,7 @@ from app.api.auth import ClientAuthMiddleware, load_client_keys
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import AppState
 from app.api.observe import RequestObserver
+from app.api.responses import error_response
 from app.cache import EmbeddingCache, build_backends, namespace_of
 from app.config import Settings
 from app.embeddings_service import EmbeddingsOptions, EmbeddingsService
@@ -67,7 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             loader.cancel()
-            state.images.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+            # Stopping the pool joins its worker threads (a CPU batch may take seconds):
+            # off the event loop, so streams still draining keep flowing.
+            await asyncio.to_thread(state.images.close)
             state.texts.close()
             await state.cache.aclose()
             await state.upstream.aclose()
@@ -259,6 +265,7 @@ async def start_text_side(settings: Settings, state: AppState, vision: ClipImage
             logger.exception("labels are on but the CLIP text tower did not load; not ready")
             return False
         logger.exception("no CLIP text tower: /v1/embeddings takes images only")
+        state.texts.disable("this proxy's CLIP checkpoint has no text tower: send images only")
         return True
     if settings.labels_top_k > 0:
         # Before `attach`: the text tower serves one caller at a time (ClipTextEncoder).
@@ -294,8 +301,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ProxyError)
     async def proxy_error(request: Request, exc: ProxyError) -> JSONResponse:
-        note_error(exc.label)
-        return JSONResponse(exc.to_body(), exc.status_code, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

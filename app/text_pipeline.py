@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from app.errors import Overloaded
+from app.errors import InvalidRequest, Overloaded
 
 Vectors = npt.NDArray[np.float32]
 
@@ -40,6 +40,7 @@ class TextPipeline:
         self._max_batch = max_batch
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="text-encoder")
         self._encoder: TextEncoder | None = None
+        self._unavailable = ""
 
     @property
     def ready(self) -> bool:
@@ -48,12 +49,18 @@ class TextPipeline:
     def attach(self, encoder: TextEncoder) -> None:
         self._encoder = encoder
 
+    def disable(self, reason: str) -> None:
+        """The checkpoint has no usable text tower: text inputs are refused, not retried."""
+        self._unavailable = reason
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def vectors(self, texts: Sequence[str]) -> tuple[Vectors, list[int]]:
         """Unit vectors, (n, dim), and the token count of each text."""
         if self._encoder is None:
+            if self._unavailable:
+                raise InvalidRequest(self._unavailable, param="input", code="no_text_encoder")
             raise Overloaded("the text encoder is still loading", retry_after_s=5)
         encoder = self._encoder
         loop = asyncio.get_running_loop()

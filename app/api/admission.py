@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.responses import error_response
 from app.errors import Overloaded
-from app.request_context import note_error
 
 SHED_PREFIX = "/v1/"
 
@@ -65,9 +64,7 @@ class AdmissionMiddleware:
         refusal = self.admission.refusal()
         if refusal is not None:
             self.admission.on_refused(refusal.code or "overloaded")
-            note_error(refusal.label)
-            response = JSONResponse(refusal.to_body(), refusal.status_code, refusal.headers)
-            await response(scope, receive, send)
+            await error_response(refusal)(scope, receive, send)
             return
         self.admission.in_flight += 1
         try:

@@ -17,11 +17,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import SecretStr
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.responses import error_response
 from app.errors import Unauthorized
-from app.request_context import note_error
 
 PROTECTED_PREFIX = "/v1/"
 METRICS_PATH = "/metrics"
@@ -84,8 +83,4 @@ class ClientAuthMiddleware:
             await self.app(scope, receive, send)
             return
         error = Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
-        note_error(error.label)
-        headers = error.headers | {"WWW-Authenticate": "Bearer"}
-        await JSONResponse(error.to_body(), error.status_code, headers=headers)(
-            scope, receive, send
-        )
+        await error_response(error)(scope, receive, send)

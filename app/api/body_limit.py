@@ -3,11 +3,10 @@ responses and disconnect detection pass through untouched)."""
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.responses import error_response
 from app.errors import PayloadTooLarge
-from app.request_context import note_error
 
 
 class BodyLimitMiddleware:
@@ -23,9 +22,7 @@ class BodyLimitMiddleware:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 # Refused before a byte of the body is read. This runs outside the app's
                 # exception handlers, so it answers itself.
-                error = self._error()
-                note_error(error.label)
-                await JSONResponse(error.to_body(), error.status_code)(scope, receive, send)
+                await error_response(self._error())(scope, receive, send)
                 return
         received = 0
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import state_of
+from app.api.responses import error_response
 from app.errors import Overloaded
 from app.metrics import CONTENT_TYPE
 
@@ -23,11 +24,15 @@ async def readyz(request: Request) -> JSONResponse:
     """Ready for traffic: the encoder is loaded and warm, and the process is not draining."""
     state = state_of(request)
     if request.app.state.admission.draining:
-        error = Overloaded("the server is shutting down", retry_after_s=1, code="draining")
-        return JSONResponse(error.to_body(), error.status_code, headers=error.headers)
+        return error_response(
+            Overloaded("the server is shutting down", retry_after_s=1, code="draining"),
+            counted=False,
+        )
     if not state.images.ready:
-        error = Overloaded("the image encoder is not ready", retry_after_s=5, code="not_ready")
-        return JSONResponse(error.to_body(), error.status_code, headers=error.headers)
+        return error_response(
+            Overloaded("the image encoder is not ready", retry_after_s=5, code="not_ready"),
+            counted=False,
+        )
     return JSONResponse({"status": "ready", "devices": state.images.devices})
 
 

@@ -85,6 +85,10 @@ async def _read_multipart(
             max_files=max_images + 1, max_fields=256, max_part_size=max_body_bytes
         )
     except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise TooManyImages(
+                f"more than {max_images} images uploaded", param=IMAGE_FIELD
+            ) from exc
         raise InvalidRequest(f"malformed multipart body: {exc.message}") from exc
     raw: dict[str, Any] = {}
     uploads: list[ImageSource] = []

@@ -316,7 +316,8 @@ class EncoderPool:
                     self._encode_group(worker, [job])
             else:
                 logger.exception("encoder failed on one image", extra={"device": worker.device})
-                _settle(jobs[0], error=EncoderFailed(f"the image encoder failed: {exc}"))
+                # The cause is in the log line above; the client gets no internal text.
+                _settle(jobs[0], error=EncoderFailed("the image encoder failed on this image"))
             return
         finished = time.perf_counter()
         for job, vector in zip(jobs, vectors, strict=True):
