@@ -4,50 +4,59 @@ Reasoning models can think for minutes between tokens, and load balancers cut co
 that stay idle for 60 s. An SSE comment (`: ping`) is ignored by every SSE client, so it
 keeps the connection busy without changing the stream's content.
 
-    async for chunk in with_pings(reply.relay(), interval_s=15): ...
+The relay loop itself never waits on a timer: per chunk it only notes the time
+(`IdleTimer.touch`). One task per stream sleeps until the stream has been silent for
+`interval_s` and then sends the ping, so a chunk costs no task, future or timer handle,
+and a pending upstream read is never cancelled to make room for a ping (httpx would drop
+the connection).
+
+    timer = IdleTimer(interval_s=15)
+    pinger = asyncio.create_task(timer.ping_when_idle(send_ping))
+    async for chunk in chunks:
+        await send(chunk)
+        timer.touch()
+    pinger.cancel()
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-
-import anyio
+import logging
+from collections.abc import Awaitable, Callable
 
 PING = b": ping\n\n"
 
+logger = logging.getLogger(__name__)
 
-async def with_pings(chunks: AsyncIterator[bytes], interval_s: float) -> AsyncIterator[bytes]:
-    """`chunks` as they come, with `PING` after every `interval_s` of silence."""
-    if interval_s <= 0:
-        async for chunk in chunks:
-            yield chunk
-        return
-    # The next chunk is awaited in its own task: a timeout must not cancel the read itself
-    # (httpx would drop the connection), it only decides that a ping is due.
-    pending: asyncio.Task[bytes] | None = None
-    try:
+
+class IdleTimer:
+    """When a stream last sent something, and a loop that pings once it has been quiet."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._clock = asyncio.get_running_loop().time
+        self.last_sent = self._clock()
+
+    def touch(self) -> None:
+        """The stream just sent a chunk: the silence starts again from now."""
+        self.last_sent = self._clock()
+
+    async def ping_when_idle(self, ping: Callable[[], Awaitable[None]]) -> None:
+        """Call `ping` after every `interval_s` of silence, until cancelled.
+
+        Wakes at most once per interval while chunks flow (it sleeps until the newest
+        chunk would have been silent long enough), so its cost does not grow with the
+        chunk rate."""
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(chunks))
-            done, _ = await asyncio.wait({pending}, timeout=interval_s)
-            if not done:
-                yield PING
+            silent_s = self._clock() - self.last_sent
+            if silent_s < self.interval_s:
+                await asyncio.sleep(self.interval_s - silent_s)
                 continue
-            finished, pending = pending, None
             try:
-                chunk = finished.result()
-            except StopAsyncIteration:
+                await ping()
+            except Exception:
+                # The stream's own loop sees the same broken connection and ends the
+                # response; a keep-alive has nothing more to do.
+                logger.debug("keep-alive ping failed; no more pings for this stream")
                 return
-            yield chunk
-    finally:
-        if pending is not None and not pending.done():
-            # The client went away mid-wait: cancelling the read unwinds the inner
-            # iterator in its own task, which closes the upstream response.
-            pending.cancel()
-        elif hasattr(chunks, "aclose"):
-            # Shielded: under Starlette's cancel scope every await here would be cancelled
-            # again, and the upstream connection must be released all the same.
-            with anyio.CancelScope(shield=True), contextlib.suppress(RuntimeError):
-                await chunks.aclose()
+            self.touch()

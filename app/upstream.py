@@ -68,8 +68,12 @@ class UpstreamReply:
 
     async def relay(self) -> AsyncIterator[bytes]:
         """The body as it arrives; a failure mid-way ends it with an SSE error event."""
+        encoded = self.response.headers.get("content-encoding", "identity") != "identity"
+        # An identity body (what `open` asks for) needs no decoder: the raw iterator saves
+        # a generator hop and a decode call per chunk.
+        pieces = self.response.aiter_bytes() if encoded else self.response.aiter_raw()
         try:
-            async for chunk in self.response.aiter_bytes():
+            async for chunk in pieces:
                 yield chunk
         except httpx.HTTPError as exc:
             error = translate(exc)

@@ -46,6 +46,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self._can_write = asyncio.Event()
         self._can_write.set()
+        self._loop = asyncio.get_running_loop()
+        # The read timeout, without a timer per chunk: the socket notes when bytes last
+        # arrived, and one timer, armed while a reader waits, checks that note when it
+        # fires (and re-arms itself from it). See `read_body`.
+        self._last_data_at = self._loop.time()
+        self._read_timer: asyncio.TimerHandle | None = None
         self._begin_response()
 
     def _begin_response(self) -> None:
@@ -58,6 +64,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.error: httpx.HTTPError | None = None
+        self._read_timed_out = False
         self.reading_paused = False
         self._wakeup: asyncio.Future[None] | None = None
 
@@ -86,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
             )
 
     def data_received(self, data: bytes) -> None:
+        self._last_data_at = self._loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -166,13 +174,16 @@ class UpstreamConnection(asyncio.Protocol):
             if self.error is not None:
                 raise self.error
             if self.complete:
+                self._disarm_read_timer()
                 return
-            self._wakeup = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(self._wakeup, read_s)
-            except TimeoutError as exc:
+            if self._read_timed_out:
                 self.close()
-                raise httpx.ReadTimeout("the upstream went silent for too long") from exc
+                raise httpx.ReadTimeout("the upstream went silent for too long")
+            self._wakeup = self._loop.create_future()
+            if read_s is not None and self._read_timer is None:
+                self._arm_read_timer(read_s)
+            try:
+                await self._wakeup
             finally:
                 self._wakeup = None
 
@@ -182,10 +193,31 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._disarm_read_timer()
         if self.transport is not None:
             self.transport.close()
 
     # internals ----------------------------------------------------------------------------
+    def _arm_read_timer(self, read_s: float) -> None:
+        self._read_timer = self._loop.call_at(
+            self._last_data_at + read_s, self._check_read_deadline, read_s
+        )
+
+    def _disarm_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _check_read_deadline(self, read_s: float) -> None:
+        self._read_timer = None
+        if self._wakeup is None:
+            return  # nobody is waiting: the next wait arms the timer again
+        if self._loop.time() - self._last_data_at < read_s:
+            self._arm_read_timer(read_s)  # bytes came meanwhile: wait from the newest
+            return
+        self._read_timed_out = True
+        self._wake()
+
     def _delimited_by_close(self) -> bool:
         names = {name.lower() for name, _ in self.headers}
         return b"content-length" not in names and b"transfer-encoding" not in names

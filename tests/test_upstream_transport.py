@@ -4,6 +4,7 @@ keep-alive reuse, streamed bodies, and httpx's exceptions for every way the upst
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -66,6 +67,34 @@ async def test_silence_longer_than_read_timeout_is_a_read_timeout(upstream: Fake
     async with client(upstream.base_url, read_s=0.2) as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.post("/chat/completions", content=STREAM_BODY)
+
+
+async def test_silence_mid_body_longer_than_read_timeout_is_a_read_timeout(
+    upstream: FakeUpstream,
+) -> None:
+    upstream.script(Reply(first_chunk_delay_s=1.0))  # headers, then a long think
+    async with (
+        client(upstream.base_url, read_s=0.2) as http,
+        http.stream("POST", "/chat/completions", content=STREAM_BODY) as reply,
+    ):
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            async for _ in reply.aiter_bytes():
+                pass
+        assert time.monotonic() - started < 0.8  # the 0.2 s timeout decided, not the think
+
+
+async def test_steady_stream_longer_than_read_timeout_is_not_cut(upstream: FakeUpstream) -> None:
+    # Every gap is shorter than the read timeout, the whole stream much longer: the
+    # timeout measures silence, so the stream arrives whole.
+    events = [json.dumps({"n": n}) for n in range(12)]
+    upstream.script(Reply(events=events, chunk_delay_s=0.05))
+    async with (
+        client(upstream.base_url, read_s=0.2) as http,
+        http.stream("POST", "/chat/completions", content=STREAM_BODY) as reply,
+    ):
+        body = b"".join([chunk async for chunk in reply.aiter_bytes()])
+    assert body.decode() == "".join(f"data: {event}\n\n" for event in events)
 
 
 async def test_nothing_listening_is_a_connect_error() -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import state_of
 from app.api.disconnect import ClientDisconnected, unless_disconnected
 from app.api.openapi import request_body_schema
+from app.api.relay import RelayResponse
 from app.api.request_body import read_chat_request
-from app.keepalive import with_pings
 from app.protocol import ChatCompletionRequest
 from app.service import DryRun, JsonReply
 
@@ -49,5 +49,9 @@ async def chat_completions(request: Request) -> Response:
         return JSONResponse(outcome.body)
     if isinstance(outcome, JsonReply):
         return Response(outcome.body, outcome.status_code, media_type=outcome.media_type)
-    chunks = with_pings(outcome.chunks, limits.ping_interval)
-    return StreamingResponse(chunks, media_type=outcome.media_type, headers=STREAM_HEADERS)
+    return RelayResponse(
+        outcome.chunks,
+        ping_interval_s=limits.ping_interval,
+        media_type=outcome.media_type,
+        headers=STREAM_HEADERS,
+    )
