@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,9 @@ class JsonReply:
 class StreamReply:
     chunks: AsyncIterator[bytes]
     media_type: str
+    # Releases the upstream response whatever happened to `chunks`: a client that leaves
+    # before the body starts means the generators never run their own `finally`.
+    close: Callable[[], Awaitable[None]]
 
 
 ChatOutcome = DryRun | JsonReply | StreamReply
@@ -118,7 +121,7 @@ class ChatService:
             chunks = metered_stream(
                 reply.relay(), self._metrics, sent_at=sent_at, headers_at=headers_at
             )
-            return StreamReply(chunks, reply.media_type)
+            return StreamReply(chunks, reply.media_type, reply.response.aclose)
         answer = await reply.read()
         self._metrics.upstream_duration.labels(mode="json").observe(time.perf_counter() - sent_at)
         if b'"usage"' in answer:

@@ -51,6 +51,7 @@ async def chat_completions(request: Request) -> Response:
         return Response(outcome.body, outcome.status_code, media_type=outcome.media_type)
     return RelayResponse(
         outcome.chunks,
+        close=outcome.close,
         ping_interval_s=limits.ping_interval,
         media_type=outcome.media_type,
         headers=STREAM_HEADERS,

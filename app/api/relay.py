@@ -6,18 +6,18 @@ ASGI `send` and one clock read. Pings come from one `IdleTimer` task per stream 
 from a wrapper that awaits every chunk with a timeout (a task, a future and a timer per
 chunk, measured in bench/profile_proxy.py).
 
-    return RelayResponse(chunks, ping_interval_s=15, media_type="text/event-stream")
+    return RelayResponse(chunks, close=reply.aclose, ping_interval_s=15, media_type=...)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import anyio
 from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from app.keepalive import PING, IdleTimer
 
@@ -27,13 +27,24 @@ class RelayResponse(StreamingResponse):
         self,
         chunks: AsyncIterator[bytes],
         *,
+        close: Callable[[], Awaitable[None]],
         ping_interval_s: float,
         media_type: str,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(chunks, media_type=media_type, headers=headers)
         self._chunks = chunks
+        self._close = close
         self.ping_interval_s = ping_interval_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Also when the client left before the first chunk, so the body loop (and the
+            # generators' own `finally`) never ran: the upstream connection goes back now.
+            with anyio.CancelScope(shield=True):
+                await self._close()
 
     async def stream_response(self, send: Send) -> None:
         await send(
