@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.encoder.test_model import make_test_model  # noqa: E402
+from app.encoder.test_model import VIT_L14_VISION, make_test_model  # noqa: E402
 from tests.conftest import ProxyServer, data_url, images_encoded, proxy_settings  # noqa: E402
 from tests.upstream_server import FakeUpstream  # noqa: E402
 
@@ -35,53 +35,6 @@ RESULTS = ROOT / "bench" / "results"
 PHOTO = ROOT / "tests" / "data" / "chelsea.png"
 DRY_RUN = {"X-Clip-Proxy-Dry-Run": "true"}
 TURNS = 10
-
-
-def vit_l14_checkpoint(directory: Path) -> Path:
-    """openai/clip-vit-large-patch14's vision tower shape, random weights, saved to disk."""
-    from transformers import (
-        CLIPConfig,
-        CLIPImageProcessorPil,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTokenizer,
-    )
-
-    from app.encoder.test_model import _byte_level_vocab
-
-    vocab = _byte_level_vocab()
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(vocab),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "projection_dim": 768,
-            "bos_token_id": vocab["<|startoftext|>"],
-            "eos_token_id": vocab["<|endoftext|>"],
-            "pad_token_id": vocab["<|endoftext|>"],
-        },
-        vision_config={
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "image_size": 224,
-            "patch_size": 14,
-            "projection_dim": 768,
-        },
-        projection_dim=768,
-    )
-    torch.manual_seed(0)
-    model = CLIPModel(config)
-    model.save_pretrained(directory)
-    del model
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer).save_pretrained(
-        directory
-    )
-    return directory
 
 
 def unique_png(seed: int) -> bytes:
@@ -172,7 +125,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, FakeUpstream() as upstream:
         tiny = make_test_model(Path(tmp) / "tiny")
         rows.append(run_model("test model (tiny)", tiny, upstream, 5))
-        big = vit_l14_checkpoint(Path(tmp) / "vit-l14")
+        big = make_test_model(Path(tmp) / "vit-l14", vision=VIT_L14_VISION)
         rows.append(run_model("ViT-L/14 architecture, random weights", big, upstream, 3))
     results = {
         "device": "cpu",

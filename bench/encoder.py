@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import uvicorn
 from PIL import Image
-from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+from transformers import CLIPModel, CLIPProcessor
 from transformers.utils import logging as transformers_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,20 +49,11 @@ from app.config import Settings  # noqa: E402
 from app.encoder.clip import ClipImageEncoder, resolve_dtype  # noqa: E402
 from app.encoder.pool import EncoderPool  # noqa: E402
 from app.encoder.preprocess import PreprocessSpec, preprocess  # noqa: E402
-from app.encoder.test_model import make_test_model  # noqa: E402
+from app.encoder.test_model import VIT_L14_VISION, make_test_model  # noqa: E402
 from app.ingest import ImageLimits, decode_image  # noqa: E402
 from app.main import create_app  # noqa: E402
 
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png"]
-VIT_L_14 = {
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "image_size": 224,
-    "patch_size": 14,
-    "projection_dim": 768,
-}
 
 
 @dataclass
@@ -82,12 +73,7 @@ class Row:
 
 def build_checkpoint(directory: Path) -> Path:
     """A CLIP checkpoint with a random ViT-L/14 vision tower (and a tiny text tower)."""
-    make_test_model(directory)  # processor and tokenizer files
-    config = CLIPConfig.from_pretrained(directory)
-    config.vision_config = CLIPConfig(vision_config=VIT_L_14).vision_config
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(directory)
-    return directory
+    return make_test_model(directory, vision=VIT_L14_VISION)
 
 
 def photos() -> list[tuple[str, bytes]]:

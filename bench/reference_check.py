@@ -16,43 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+from transformers import CLIPImageProcessorPil, CLIPModel
 
 from app.encoder.clip import ClipImageEncoder
 from app.encoder.preprocess import preprocess
-from app.encoder.test_model import make_test_model
+from app.encoder.test_model import VIT_L14_VISION, make_test_model
 from app.ingest import ImageLimits, decode_image
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = sorted((ROOT / "tests" / "data").glob("*.[pj]*g"))
 LIMITS = ImageLimits(max_bytes=1 << 30, max_pixels=1 << 30)
-
-
-def vit_l14_checkpoint(directory: Path) -> Path:
-    """The ViT-L/14 vision tower's real shape (the text tower kept tiny: it is not used)."""
-    config = CLIPConfig(
-        text_config={
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "projection_dim": 768,
-        },
-        vision_config={
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "image_size": 224,
-            "patch_size": 14,
-            "projection_dim": 768,
-        },
-        projection_dim=768,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(directory)
-    CLIPImageProcessorPil().save_pretrained(directory)
-    return directory
 
 
 def cosines(checkpoint: Path) -> dict[str, float]:
@@ -87,7 +60,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoints = {
             "test model (make-test-model)": make_test_model(Path(tmp) / "test"),
-            "ViT-L/14 architecture, random weights": vit_l14_checkpoint(Path(tmp) / "vitl"),
+            "ViT-L/14 architecture, random weights": make_test_model(
+                Path(tmp) / "vitl", vision=VIT_L14_VISION
+            ),
         }
         for name, checkpoint in checkpoints.items():
             values = cosines(checkpoint)

@@ -29,7 +29,33 @@ def _byte_level_vocab() -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-def make_test_model(directory: Path, projection_dim: int = 768, seed: int = 0) -> Path:
+TINY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 224,
+    "patch_size": 14,
+}
+# The vision tower of openai/clip-vit-large-patch14: random weights in this shape run at the
+# real model's speed, for benchmarks on machines that cannot download the weights.
+VIT_L14_VISION = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 224,
+    "patch_size": 14,
+}
+
+
+def make_test_model(
+    directory: Path,
+    projection_dim: int = 768,
+    seed: int = 0,
+    vision: dict[str, int] | None = None,
+) -> Path:
+    """Write the checkpoint; `vision` replaces the tiny vision tower's shape (VIT_L14_VISION)."""
     vocab = _byte_level_vocab()
     config = CLIPConfig(
         text_config={
@@ -44,16 +70,8 @@ def make_test_model(directory: Path, projection_dim: int = 768, seed: int = 0) -
             "eos_token_id": vocab["<|endoftext|>"],
             "pad_token_id": vocab["<|endoftext|>"],
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 224,
-            "patch_size": 14,
-            # The vision-only model reads projection_dim from here, not from the top level.
-            "projection_dim": projection_dim,
-        },
+        # The vision-only model reads projection_dim from here, not from the top level.
+        vision_config={**(vision or TINY_VISION), "projection_dim": projection_dim},
         projection_dim=projection_dim,
     )
     torch.manual_seed(seed)
