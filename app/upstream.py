@@ -30,8 +30,8 @@ import anyio
 import httpx
 
 from app.errors import (
+    Overloaded,
     ProxyError,
-    UpstreamError,
     UpstreamStatus,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -86,8 +86,12 @@ class UpstreamReply:
                 await self.response.aclose()
 
 
-def translate(exc: httpx.HTTPError) -> UpstreamError:
+def translate(exc: httpx.HTTPError) -> ProxyError:
     """httpx's exceptions to ours, at this one edge."""
+    if isinstance(exc, httpx.PoolTimeout):
+        # Every upstream connection is busy here: local overload, worth a retry later,
+        # not an upstream that failed to answer.
+        return Overloaded("all upstream connections are busy; retry shortly", retry_after_s=1)
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout("the upstream did not answer in time")
     if isinstance(exc, httpx.RemoteProtocolError):
@@ -159,7 +163,11 @@ class UpstreamClient:
             # read: the longest silence between two bytes (a reasoning model thinking);
             # pool: how long to wait for a free connection when all are busy.
             timeout=httpx.Timeout(
-                connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=30.0
+                # pool: the wait for a free connection once UPSTREAM_MAX_CONNECTIONS are busy
+                connect=connect_timeout_s,
+                read=read_timeout_s,
+                write=30.0,
+                pool=connect_timeout_s,
             ),
             trust_env=False,  # no proxy or .netrc from the environment toward the upstream
             # The transport keeps its own pool (httpx ignores `limits` when given one):

@@ -3,6 +3,7 @@ server that goes on answering."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -267,3 +268,23 @@ def test_failure_mid_stream_arrives_as_an_error_event(
     assert len(events) == 4
     assert json.loads(events[-1])["error"]["code"] == "upstream_unreachable"
     assert httpx.post(proxy.url + CHAT, json=TEXT).status_code == 200
+
+
+def test_busy_upstream_pool_is_503_with_retry_after(
+    start_proxy: Callable[..., ProxyServer], upstream: FakeUpstream
+) -> None:
+    """All upstream connections taken: local overload (503, retry later), not a 504."""
+    proxy = start_proxy(upstream_max_connections=1, upstream_connect_timeout_s=0.5)
+    upstream.script(Reply(stall_before_headers_s=2))
+
+    async def both() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as client:
+            slow = asyncio.create_task(client.post(CHAT, json=TEXT))
+            await asyncio.sleep(0.3)  # the slow request holds the only connection
+            refused = await client.post(CHAT, json=TEXT)
+            return await slow, refused
+
+    slow, refused = asyncio.run(both())
+    assert slow.status_code == 200
+    error = assert_openai_error(refused, 503, None)
+    assert error["code"] == "overloaded" and refused.headers["retry-after"] == "1"
