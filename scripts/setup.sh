@@ -22,4 +22,8 @@ python3 -m venv .venv
 # (Never torchvision: transformers' CLIP image processor works without it.)
 .venv/bin/pip install -q "torch==2.13.0"
 .venv/bin/pip install -q -e ".[test]"
+# The tests use a real Redis on 127.0.0.1:6379; start one if the machine has none running.
+if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+fi
 echo "set-up done: activate with '. .venv/bin/activate'"
