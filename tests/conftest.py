@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import socket
 import threading
 import time
@@ -23,6 +24,7 @@ import uvicorn
 from app.config import Settings
 from app.encoder.test_model import make_test_model
 from app.main import create_app
+from tests.metrics_text import sample, scrape
 from tests.upstream_server import FakeUpstream
 
 DATA = Path(__file__).parent / "data"
@@ -175,15 +177,12 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def metric_value(proxy_url: str, name: str, **labels: str) -> float:
     """One sample from the proxy's /metrics (0 when absent), e.g.
-    `metric_value(url, "clip_proxy_cache_hits_total", backend="memory")`."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(proxy_url + "/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
+    `metric_value(url, "clip_proxy_cache_hits_total", backend="memory")`. An unlabelled
+    series always exists, so its absence is a failure, not a zero."""
+    text = scrape(proxy_url)
+    if not labels:
+        assert re.search(rf"^{re.escape(name)} ", text, re.M), f"{name} not in /metrics"
+    return sample(text, name, **labels)
 
 
 def images_encoded(proxy_url: str) -> float:

@@ -21,6 +21,11 @@ def sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def grew(before: str, after: str, name: str, **labels: str) -> float:
+    """How much one sample rose between two scrapes."""
+    return sample(after, name, **labels) - sample(before, name, **labels)
+
+
 def exported_names(text: str) -> set[str]:
     """Every series name the exposition defines, observed or not: `# TYPE` lines expanded
     into the names PromQL can query (`_bucket`, `_sum`, `_count` for a histogram)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import shutil
 import socket
 import time
@@ -21,7 +20,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import ProxyServer, data_url, proxy_settings
+from tests.conftest import ProxyServer, data_url, images_encoded, proxy_settings
 from tests.upstream_server import FakeUpstream, Reply
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -117,13 +116,6 @@ def test_after_disconnects_the_proxy_still_serves(
     assert response.status_code == 200
 
 
-def encoded_images(proxy: ProxyServer) -> float:
-    metrics = httpx.get(proxy.url + "/metrics").text
-    match = re.search(r"^clip_proxy_batch_size_sum (\S+)$", metrics, re.M)
-    assert match is not None
-    return float(match.group(1))
-
-
 @pytest.fixture(scope="module")
 def slow_model_dir(test_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test checkpoint with a bigger vision tower: slow enough on a CPU (a few images a
@@ -150,13 +142,13 @@ def test_close_drops_queued_images(
         buffer = io.BytesIO()
         Image.effect_noise((64, 64), 40 + seed).convert("RGB").save(buffer, format="PNG")
         parts.append({"type": "image_url", "image_url": {"url": data_url(buffer.getvalue())}})
-    before = encoded_images(proxy)
+    before = images_encoded(proxy.url)
     sock = send_raw(proxy, {"messages": [{"role": "user", "content": parts}]})
-    wait_for(lambda: encoded_images(proxy) > before)  # encoding has begun
+    wait_for(lambda: images_encoded(proxy.url) > before)  # encoding has begun
     sock.close()
-    at_close = encoded_images(proxy) - before
+    at_close = images_encoded(proxy.url) - before
     time.sleep(2)  # time for several more had they stayed queued
-    encoded = encoded_images(proxy) - before
+    encoded = images_encoded(proxy.url) - before
     assert encoded <= at_close + 1  # at most the batch already running finished
     assert encoded < count
     assert upstream.requests == []  # and nothing went upstream for a client that left

@@ -20,7 +20,7 @@ import pytest
 from app.main import refuse_worker_processes
 from app.metrics import Metrics
 from tests.conftest import DATA, ProxyServer, data_url, unique_png
-from tests.metrics_text import exported_names, sample, scrape
+from tests.metrics_text import exported_names, grew, sample, scrape
 from tests.upstream_server import FakeUpstream, Reply
 
 CHAT = "/v1/chat/completions"
@@ -116,12 +116,12 @@ def test_streamed_image_request_is_measured_at_every_stage(
     assert text == "A cat on a sofa."
     after = scrape(proxy.url)
 
-    def grew(name: str, **labels: str) -> float:
-        return sample(after, name, **labels) - sample(before, name, **labels)
+    def rose(name: str, **labels: str) -> float:
+        return grew(before, after, name, **labels)
 
-    assert grew("clip_proxy_requests_total", route=CHAT, status="2xx") == 1
-    assert grew("clip_proxy_request_duration_seconds_count", route=CHAT, status="2xx") == 1
-    assert grew("clip_proxy_images_total", source="data_url") == 1
+    assert rose("clip_proxy_requests_total", route=CHAT, status="2xx") == 1
+    assert rose("clip_proxy_request_duration_seconds_count", route=CHAT, status="2xx") == 1
+    assert rose("clip_proxy_images_total", source="data_url") == 1
     for histogram in (
         "clip_proxy_image_decode_seconds_count",
         "clip_proxy_preprocess_seconds_count",
@@ -130,17 +130,17 @@ def test_streamed_image_request_is_measured_at_every_stage(
         "clip_proxy_upstream_ttfb_seconds_count",
         "clip_proxy_upstream_ttft_seconds_count",
     ):
-        assert grew(histogram) == 1, histogram
-    assert grew("clip_proxy_image_fetch_seconds_count", source="data_url") == 1
-    assert grew("clip_proxy_stream_duration_seconds_count", outcome="complete") == 1
-    assert grew("clip_proxy_upstream_duration_seconds_count", mode="stream") == 1
-    assert grew("clip_proxy_upstream_responses_total", code="200") == 1
+        assert rose(histogram) == 1, histogram
+    assert rose("clip_proxy_image_fetch_seconds_count", source="data_url") == 1
+    assert rose("clip_proxy_stream_duration_seconds_count", outcome="complete") == 1
+    assert rose("clip_proxy_upstream_duration_seconds_count", mode="stream") == 1
+    assert rose("clip_proxy_upstream_responses_total", code="200") == 1
     # The fake upstream's usage chunk says 10 prompt and 7 completion tokens.
-    assert grew("clip_proxy_upstream_tokens_total", kind="prompt") == 10
-    assert grew("clip_proxy_upstream_tokens_total", kind="completion") == 7
+    assert rose("clip_proxy_upstream_tokens_total", kind="prompt") == 10
+    assert rose("clip_proxy_upstream_tokens_total", kind="completion") == 7
     # Time to first token is at least the time to the upstream's headers.
-    ttft = grew("clip_proxy_upstream_ttft_seconds_sum")
-    assert 0 < grew("clip_proxy_upstream_ttfb_seconds_sum") <= ttft
+    ttft = rose("clip_proxy_upstream_ttft_seconds_sum")
+    assert 0 < rose("clip_proxy_upstream_ttfb_seconds_sum") <= ttft
 
 
 def test_json_reply_counts_its_usage_tokens(proxy: ProxyServer) -> None:
@@ -151,12 +151,9 @@ def test_json_reply_counts_its_usage_tokens(proxy: ProxyServer) -> None:
     assert reply.usage is not None and reply.usage.completion_tokens == 7
     after = scrape(proxy.url)
     completion = "clip_proxy_upstream_tokens_total"
-    assert (
-        sample(after, completion, kind="completion") - sample(before, completion, kind="completion")
-        == 7
-    )
+    assert grew(before, after, completion, kind="completion") == 7
     duration = "clip_proxy_upstream_duration_seconds_count"
-    assert sample(after, duration, mode="json") - sample(before, duration, mode="json") == 1
+    assert grew(before, after, duration, mode="json") == 1
 
 
 def test_request_id_is_honoured_returned_and_sent_upstream(
@@ -201,16 +198,9 @@ def test_error_body_carries_the_request_id_and_the_error_is_counted(proxy: Proxy
     assert body["error"]["code"] == "invalid_image"
     after = scrape(proxy.url)
     errors = "clip_proxy_errors_total"
-    assert (
-        sample(after, errors, type="invalid_image") - sample(before, errors, type="invalid_image")
-        == 1
-    )
+    assert grew(before, after, errors, type="invalid_image") == 1
     requests = "clip_proxy_requests_total"
-    assert (
-        sample(after, requests, route=CHAT, status="4xx")
-        - sample(before, requests, route=CHAT, status="4xx")
-        == 1
-    )
+    assert grew(before, after, requests, route=CHAT, status="4xx") == 1
 
 
 def test_upstream_error_status_is_counted_by_code(
@@ -231,13 +221,9 @@ def test_upstream_error_status_is_counted_by_code(
         )
     after = scrape(proxy.url)
     code = "clip_proxy_upstream_responses_total"
-    assert sample(after, code, code="429") - sample(before, code, code="429") == 1
+    assert grew(before, after, code, code="429") == 1
     errors = "clip_proxy_errors_total"
-    assert (
-        sample(after, errors, type="upstream_status")
-        - sample(before, errors, type="upstream_status")
-        == 1
-    )
+    assert grew(before, after, errors, type="upstream_status") == 1
 
 
 def test_stream_broken_by_the_upstream_is_an_error_outcome(
@@ -255,13 +241,9 @@ def test_stream_broken_by_the_upstream_is_an_error_outcome(
     assert b'"error"' in body
     after = scrape(proxy.url)
     outcome = "clip_proxy_stream_duration_seconds_count"
-    assert sample(after, outcome, outcome="error") - sample(before, outcome, outcome="error") == 1
+    assert grew(before, after, outcome, outcome="error") == 1
     errors = "clip_proxy_errors_total"
-    assert (
-        sample(after, errors, type="upstream_unreachable")
-        - sample(before, errors, type="upstream_unreachable")
-        == 1
-    )
+    assert grew(before, after, errors, type="upstream_unreachable") == 1
 
 
 def test_unknown_paths_share_one_route_label(proxy: ProxyServer) -> None:

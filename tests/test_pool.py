@@ -26,7 +26,15 @@ from app.encoder.clip import ClipImageEncoder
 from app.encoder.pool import BatchReport, EncoderPool, PoolEvents
 from app.encoder.preprocess import Pixels, PreprocessSpec, preprocess
 from app.errors import EncoderFailed, Overloaded
-from tests.conftest import DATA, PHOTOS, ProxyServer, cosine, data_url, parse_vector
+from tests.conftest import (
+    DATA,
+    PHOTOS,
+    ProxyServer,
+    cosine,
+    data_url,
+    metric_value,
+    parse_vector,
+)
 
 POISON = 1234.5  # first pixel value that makes a wrapped encoder misbehave
 
@@ -218,13 +226,6 @@ def image_vector(response: httpx.Response) -> np.ndarray:
     return parse_vector(match.group(1))
 
 
-def metric_value(proxy: ProxyServer, name: str) -> float:
-    text = httpx.get(proxy.url + "/metrics").text
-    match = re.search(rf"^{name} (\S+)$", text, re.M)
-    assert match is not None, f"{name} not in /metrics"
-    return float(match.group(1))
-
-
 def test_concurrent_requests_share_batches_and_match_the_reference(
     start_proxy: Callable[..., ProxyServer], reference_vectors: dict[str, np.ndarray]
 ) -> None:
@@ -235,12 +236,12 @@ def test_concurrent_requests_share_batches_and_match_the_reference(
     assert [r.status_code for r in responses] == [200] * len(names)
     for name, response in zip(names, responses, strict=True):
         assert cosine(image_vector(response), reference_vectors[name]) >= 0.999
-    images = metric_value(proxy, "clip_proxy_batch_size_sum")
-    batches = metric_value(proxy, "clip_proxy_batch_size_count")
+    images = metric_value(proxy.url, "clip_proxy_batch_size_sum")
+    batches = metric_value(proxy.url, "clip_proxy_batch_size_count")
     # Each photo is sent twice; the feature cache's single flight encodes it once.
     assert images == len(PHOTOS)
     assert batches < len(PHOTOS), "every image ran alone: no batching across requests"
-    assert metric_value(proxy, "clip_proxy_encoder_workers_ready") == 1
+    assert metric_value(proxy.url, "clip_proxy_encoder_workers_ready") == 1
 
 
 def test_a_poisoned_image_fails_only_its_own_request(
@@ -304,7 +305,7 @@ def test_readyz_is_503_while_a_worker_is_down(
 
     assert ready.status_code == 503
     assert ready.headers["retry-after"]
-    assert metric_value(proxy, "clip_proxy_encoder_workers_ready") == 0
+    assert metric_value(proxy.url, "clip_proxy_encoder_workers_ready") == 0
 
 
 async def wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> None:
