@@ -100,12 +100,11 @@ def last_user_index(messages: list[Message]) -> int:
 
 def rewrite_messages(
     messages: list[Message],
-    images: Mapping[Location, ImageFacts | str],
+    images: Mapping[Location, ImageFacts],
     prompt_format: PromptFormat,
     templates: ImageTemplates | None = None,
 ) -> list[Message]:
-    """New message dicts for the upstream; `images` holds the facts of each image part
-    (or just its formatted vector)."""
+    """New message dicts for the upstream; `images` holds the facts of each image part."""
     templates = templates or ImageTemplates()
     current = last_user_index(messages)
     as_refs = _retained_as_refs(messages, current, templates.max_retained_vectors)
@@ -121,10 +120,9 @@ def rewrite_messages(
                 if part.get("type") != "image_url":
                     parts.append(part)
                     continue
-                found = images.get(location)
-                if found is None:
+                facts = images.get(location)
+                if facts is None:
                     raise ValueError("image part without a vector")  # the service encodes all
-                facts = ImageFacts(vector=found) if isinstance(found, str) else found
                 if location in as_refs:
                     parts.append({"type": "text", "text": facts.render(templates.retained_ref)})
                 elif prompt_format is PromptFormat.inline:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from app.protocol import PromptFormat
-from app.rewrite import format_vector, rewrite_messages
+from app.rewrite import ImageFacts, format_vector, rewrite_messages
 
 
 def test_format_vector_writes_fixed_decimals() -> None:
@@ -35,7 +35,10 @@ MESSAGES = [
         ],
     },
 ]
-VECTORS = {(1, 1): "0.100000,0.200000", (3, 0): "-0.300000,0.400000"}
+VECTORS = {
+    (1, 1): ImageFacts(vector="0.100000,0.200000"),
+    (3, 0): ImageFacts(vector="-0.300000,0.400000"),
+}
 
 
 def test_inline_format_byte_for_byte() -> None:
