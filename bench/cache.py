@@ -6,7 +6,7 @@ client sees it. Two checkpoints: the tiny test model (the proxy's own overhead) 
 real ViT-L/14 vision architecture with random weights (what a miss really costs on this
 machine's CPU; its text tower is kept tiny, it plays no part here).
 
-    python bench/cache.py     # about 1-2 minutes on 2 CPU cores; bench/results/cache.{md,json}
+    python -m bench.cache     # about 1-2 minutes on 2 CPU cores; bench/results/cache.{md,json}
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import zlib
@@ -24,12 +23,11 @@ from typing import Any
 import httpx
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from app.encoder.test_model import VIT_L14_VISION, make_test_model
+from tests.helpers import ProxyServer, data_url, images_encoded, proxy_settings
+from tests.upstream_server import FakeUpstream
 
-from app.encoder.test_model import VIT_L14_VISION, make_test_model  # noqa: E402
-from tests.conftest import ProxyServer, data_url, images_encoded, proxy_settings  # noqa: E402
-from tests.upstream_server import FakeUpstream  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "bench" / "results"
 PHOTO = ROOT / "tests" / "data" / "chelsea.png"
@@ -145,7 +143,7 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         "# Feature cache: hit vs miss, and a ten-turn conversation",
         "",
-        f"`python bench/cache.py` on CPU ({results['torch_threads']} torch threads, "
+        f"`python -m bench.cache` on CPU ({results['torch_threads']} torch threads, "
         f"{results['machine']}), through a real proxy and fake upstream on loopback. "
         "Latency is one dry-run chat request with one image, client-side, median. "
         f"The conversation is {results['turns']} turns about one photo, each resending the "

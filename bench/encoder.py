@@ -42,16 +42,15 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 from transformers.utils import logging as transformers_logging
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from app.config import Settings
+from app.encoder.clip import ClipImageEncoder, resolve_dtype
+from app.encoder.pool import EncoderPool
+from app.encoder.preprocess import PreprocessSpec, preprocess
+from app.encoder.test_model import VIT_L14_VISION, make_test_model
+from app.ingest import ImageLimits, decode_image
+from app.main import create_app
 
-from app.config import Settings  # noqa: E402
-from app.encoder.clip import ClipImageEncoder, resolve_dtype  # noqa: E402
-from app.encoder.pool import EncoderPool  # noqa: E402
-from app.encoder.preprocess import PreprocessSpec, preprocess  # noqa: E402
-from app.encoder.test_model import VIT_L14_VISION, make_test_model  # noqa: E402
-from app.ingest import ImageLimits, decode_image  # noqa: E402
-from app.main import create_app  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png"]
 

@@ -8,7 +8,7 @@ FDs are read from /proc for the proxy process; upstream connections are counted 
 test upstream. The warm-up (first 1,000) sets the baseline; RSS may grow at most 10% after
 it, and FDs and upstream connections must come back to the baseline once the load stops.
 
-    python bench/soak.py [--requests 5000] [--concurrency 50] [--out bench/results/soak.md]
+    python -m bench.soak [--requests 5000] [--concurrency 50] [--out bench/results/soak.md]
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ from typing import Any
 import httpx
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from app.encoder.test_model import make_test_model
+from tests.helpers import DATA, PHOTOS, free_port
+from tests.upstream_server import FakeUpstream
 
-from app.encoder.test_model import make_test_model  # noqa: E402
-from tests.conftest import DATA, PHOTOS, free_port  # noqa: E402
-from tests.upstream_server import FakeUpstream  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def rss_bytes(pid: int) -> int:
@@ -214,7 +213,7 @@ def main() -> int:
     lines = [
         f"# Soak: {args.requests:,} mixed requests at concurrency {args.concurrency}",
         "",
-        "Command: `python bench/soak.py "
+        "Command: `python -m bench.soak "
         f"--requests {args.requests} --concurrency {args.concurrency}`",
         "(proxy: `python -m app.cli serve` with the test CLIP model on CPU; upstream: the test",
         "upstream, both on loopback; 2-core shared machine).",

@@ -1,0 +1,83 @@
+"""Settings: defaults from DESIGN.md, environment parsing, and refusal of bad values."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.protocol import PromptFormat
+
+
+def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("CLIP_PROXY_"):
+            monkeypatch.delenv(name)
+    settings = Settings()
+    assert settings.upstream_base_url == "https://api.lkeap.cloud.tencent.com/v1"
+    assert settings.upstream_api_key.get_secret_value() == ""
+    assert settings.default_model == "deepseek-r1"
+    assert settings.clip_model == "openai/clip-vit-large-patch14"
+    assert settings.device == ["auto"]
+    assert settings.prompt_format is PromptFormat.inline
+    assert settings.embedding_decimals == 6
+    assert settings.api_keys == []
+    assert settings.max_batch == 32
+    assert settings.max_wait_ms == 5
+    assert settings.cache_url == ""
+    assert settings.max_image_bytes == 20 * 1024 * 1024
+    assert settings.max_images_per_request == 16
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIP_PROXY_DEVICE", "cuda:0, cuda:1")
+    monkeypatch.setenv("CLIP_PROXY_PROMPT_FORMAT", "content_part")
+    monkeypatch.setenv("CLIP_PROXY_FETCH_ALLOW_NETWORKS", "10.0.0.0/8,fd00::/8")
+    monkeypatch.setenv("CLIP_PROXY_UPSTREAM_BASE_URL", "http://vllm:8000/v1/")
+    settings = Settings()
+    assert settings.device == ["cuda:0", "cuda:1"]
+    assert settings.prompt_format is PromptFormat.content_part
+    assert [str(net) for net in settings.fetch_allow_networks] == ["10.0.0.0/8", "fd00::/8"]
+    assert settings.upstream_base_url == "http://vllm:8000/v1"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("device", "gpu0", "is not auto, cpu, cuda or cuda:N"),
+        ("prompt_format", "xml", "inline"),
+        ("embedding_decimals", "0", "greater than or equal to 1"),
+        ("max_batch", "0", "greater than or equal to 1"),
+        ("upstream_base_url", "ftp://x", "must start with http"),
+        ("cache_url", "memcached://x", "redis://"),
+        ("fetch_allow_networks", "not-a-net", "fetch_allow_networks"),
+    ],
+)
+def test_bad_values_are_refused(field: str, value: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(**{field: value})
+
+
+def test_serve_refuses_bad_configuration_with_a_clear_message() -> None:
+    env = {**os.environ, "CLIP_PROXY_DEVICE": "tpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "invalid configuration" in result.stderr and "tpu" in result.stderr
+
+
+def test_every_setting_is_in_the_readme_table_and_nothing_else() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", readme, re.MULTILINE))
+    assert documented == {name.upper() for name in Settings.model_fields}

@@ -1,0 +1,125 @@
+"""Decoding: every image a client may send, and every way an image can be wrong."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.errors import InvalidImage, PayloadTooLarge
+from app.ingest import ImageLimits, decode_data_url, decode_image
+from tests.helpers import DATA
+
+LIMITS = ImageLimits(max_bytes=20 * 1024 * 1024, max_pixels=40_000_000)
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims a huge size in its header: the decompression-bomb shape."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "chelsea.png", "rocket.jpg", "camera.png"])
+def test_photos_decode_to_rgb(name: str) -> None:
+    image = decode_image((DATA / name).read_bytes(), LIMITS, param="p")
+    assert image.mode == "RGB"
+    with Image.open(DATA / name) as original:
+        assert image.size == original.size
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
+def test_supported_formats(fmt: str) -> None:
+    image = Image.new("RGB", (40, 30), (200, 10, 10))
+    assert decode_image(encode(image, fmt), LIMITS, param="p").size == (40, 30)
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (60, 20), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    decoded = decode_image(encode(image, "JPEG", exif=exif), LIMITS, param="p")
+    assert decoded.size == (20, 60)
+
+
+def test_transparent_palette_is_composited_over_white() -> None:
+    image = Image.new("P", (8, 8), 0)
+    image.putpalette([0, 0, 0] * 256)
+    decoded = decode_image(encode(image, "PNG", transparency=0), LIMITS, param="p")
+    assert decoded.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_rgba_alpha_is_composited_over_white() -> None:
+    image = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert decode_image(encode(image, "PNG"), LIMITS, param="p").getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_sixteen_bit_grayscale_keeps_its_range() -> None:
+    ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    decoded = decode_image(encode(Image.fromarray(ramp), "PNG"), LIMITS, param="p")
+    values = np.asarray(decoded)[..., 0]
+    assert values.min() == 0 and values.max() == 255  # not clipped to white
+
+
+def test_cmyk_jpeg_decodes() -> None:
+    image = Image.new("CMYK", (10, 10), (0, 255, 255, 0))
+    red = decode_image(encode(image, "JPEG"), LIMITS, param="p").getpixel((5, 5))
+    assert red[0] > 200 and red[1] < 60  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "not a supported image"),
+        (b"hello, not an image", "not a supported image"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "not a supported image"),
+        ((DATA / "chelsea.png").read_bytes()[:5000], "truncated"),
+        (encode(Image.new("RGB", (4, 4)), "BMP"), "format BMP is not supported"),
+        (encode(Image.new("RGB", (4, 4)), "TIFF"), "format TIFF is not supported"),
+        (png_header_only(10_000, 5_000), "10000x5000, more than 40000000 pixels"),
+        (png_header_only(100_000, 100_000), "more than 40000000 pixels"),
+    ],
+    ids=["empty", "text", "svg", "truncated", "bmp", "tiff", "bomb", "huge-bomb"],
+)
+def test_bad_images_are_refused(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidImage, match=message) as caught:
+        decode_image(data, LIMITS, param="messages[0].content[1].image_url")
+    assert caught.value.param == "messages[0].content[1].image_url"
+
+
+def test_animated_gif_is_refused() -> None:
+    frames = [Image.new("RGB", (8, 8), color) for color in ((255, 0, 0), (0, 255, 0))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    with pytest.raises(InvalidImage, match="animated"):
+        decode_image(buffer.getvalue(), LIMITS, param="p")
+
+
+def test_data_url_checks() -> None:
+    png = encode(Image.new("RGB", (2, 2)), "PNG")
+    good = "data:image/png;base64," + base64.b64encode(png).decode()
+    assert decode_data_url(good, 1000, param="p") == png
+    with pytest.raises(InvalidImage, match="not valid base64"):
+        decode_data_url("data:image/png;base64,@@@@", 1000, param="p")
+    with pytest.raises(InvalidImage, match="not an image"):
+        decode_data_url("data:text/plain;base64,aGVsbG8=", 1000, param="p")
+    with pytest.raises(InvalidImage, match="must look like"):
+        decode_data_url("data:image/png,rawbytes", 1000, param="p")
+    with pytest.raises(PayloadTooLarge):
+        decode_data_url("data:image/png;base64," + "A" * 4000, 1000, param="p")
