@@ -180,7 +180,10 @@
       setBusy(false);
       return;
     }
-    showServerTiming(response.headers.get("Server-Timing"), countImages(body.messages));
+    showServerTiming(
+      response.headers.get("Server-Timing"),
+      response.ok ? countImages(body.messages) : null,
+    );
     if (![401, 429, 503].includes(response.status)) dryRun(body, headers);
     if (!response.ok) {
       showError(await readError(response), response.status);
@@ -430,7 +433,9 @@
     // A cached image skips decoding and encoding: their stages appear only on a miss.
     const stages = new Set(entries.map((entry) => entry.name));
     let verdict;
-    if (images === 0) {
+    if (images === null) {
+      verdict = ["unknown", "The request failed: no cache verdict."];
+    } else if (images === 0) {
       verdict = ["none", "No images in this request."];
     } else if (!header) {
       verdict = ["unknown", "The response carried no Server-Timing header."];

@@ -7,6 +7,7 @@ somewhere findable). One browser serves the module; each test opens the page afr
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import time
@@ -86,8 +87,10 @@ class Playground:
         count = len(self.driver.find_elements(By.CSS_SELECTOR, "#thumbnails li"))
         self.find("image-input").send_keys("\n".join(str(path) for path in paths))
         self.wait(
-            lambda: len(self.driver.find_elements(By.CSS_SELECTOR, "#thumbnails li"))
-            == count + len(paths)
+            lambda: (
+                len(self.driver.find_elements(By.CSS_SELECTOR, "#thumbnails li"))
+                == count + len(paths)
+            )
         )
 
     def ask(self, question: str) -> None:
@@ -243,6 +246,7 @@ def test_bad_image_shows_the_api_error(
     assert page.text("error-output").startswith("Error 400")
     assert page.text("answer-output") == ""
     assert page.text("status").startswith("Failed")
+    assert page.find("cache-status").get_attribute("data-cache") == "unknown"
     assert upstream.requests == []  # nothing went upstream
 
 
@@ -264,12 +268,20 @@ def test_model_output_is_text_never_html(
     assert page.text("reasoning-output") == "<b>bold?</b> "
     for pane in ("answer-output", "reasoning-output", "history"):
         elements = page.driver.find_elements(
-            By.CSS_SELECTOR, f'[data-testid="{pane}"] img, [data-testid="{pane}"] script, '
-            f'[data-testid="{pane}"] b'
+            By.CSS_SELECTOR,
+            f'[data-testid="{pane}"] img, [data-testid="{pane}"] script, [data-testid="{pane}"] b',
         )
         assert elements == [], pane
     time.sleep(0.3)  # an onerror handler would have run by now
     assert page.driver.title == "clip-proxy playground"
+    # And the policy holds on its own: an inline script put in the page does not run.
+    ran = page.driver.execute_script(
+        "const s = document.createElement('script');"
+        "s.textContent = 'window.inlineRan = true';"
+        "document.body.append(s);"
+        "return window.inlineRan === true;"
+    )
+    assert ran is False
 
 
 def test_with_client_keys_the_page_asks_for_one(
@@ -361,3 +373,35 @@ def test_playground_can_be_turned_off(start_proxy: Callable[..., ProxyServer]) -
         assert response.status_code == 404, path
         assert response.json()["error"]["type"] == "not_found_error"
 
+
+def test_images_can_be_pasted_and_dropped(
+    playground: Callable[[ProxyServer], Playground],
+    proxy: ProxyServer,
+    upstream: FakeUpstream,
+) -> None:
+    page = playground(proxy)
+    # The events a browser fires for Ctrl+V and for a drop, carrying real PNG files.
+    page.driver.execute_script(
+        """
+        const [pasted, dropped] = arguments;
+        const file = (b64, name) => new File(
+            [Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, { type: "image/png" });
+        const paste = new DataTransfer();
+        paste.items.add(file(pasted, "pasted.png"));
+        document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: paste }));
+        const drop = new DataTransfer();
+        drop.items.add(file(dropped, "dropped.png"));
+        document.getElementById("drop-zone").dispatchEvent(
+            new DragEvent("drop", { dataTransfer: drop, bubbles: true, cancelable: true }));
+        """,
+        base64.b64encode(fresh_png(1602)).decode(),
+        base64.b64encode(fresh_png(1603)).decode(),
+    )
+    page.wait(lambda: len(page.driver.find_elements(By.CSS_SELECTOR, "#thumbnails li")) == 2)
+    page.shot("pasted-and-dropped")
+    page.ask("Two pictures?")
+    page.wait_done()
+    assert page.text("status").startswith("Done")
+    content = upstream.requests[-1].json["messages"][0]["content"]
+    assert content.count("<image>") == 2
+    assert page.find("cache-status").get_attribute("data-cache") == "miss"
