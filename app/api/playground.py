@@ -88,15 +88,11 @@ def playground_router(enabled: bool) -> APIRouter:
 
     @router.get(PAGE_PATH + "/config.json")
     async def config(request: Request) -> JSONResponse:
-        """What the page needs to know before the first request: whether to ask for a key."""
+        """What the page needs before the first request: whether to ask for a key, and the
+        prompt format it gets when it asks for none."""
         settings = state_of(request).settings
         keys = client_keys(settings.api_keys, settings.api_keys_file)
-        body = {
-            "auth_required": bool(keys),
-            "prompt_format": settings.prompt_format.value,
-            "max_images": settings.max_images_per_request,
-            "max_image_bytes": settings.max_image_bytes,
-        }
+        body = {"auth_required": bool(keys), "prompt_format": settings.prompt_format.value}
         return JSONResponse(body, headers=SECURITY_HEADERS)
 
     return router

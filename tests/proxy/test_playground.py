@@ -363,7 +363,18 @@ def test_page_headers_and_files(proxy: ProxyServer) -> None:
             assert sink not in served.text, (name, sink)
 
     config = httpx.get(proxy.url + "/playground/config.json", timeout=10).json()
-    assert config["auth_required"] is False
+    assert config == {"auth_required": False, "prompt_format": "inline"}
+
+
+def test_keys_from_a_file_make_the_page_ask_too(
+    start_proxy: Callable[..., ProxyServer], tmp_path: Path
+) -> None:
+    keys = write(tmp_path, "keys.txt", b"# client keys\nsk-from-file\n")
+    server = start_proxy(api_keys_file=keys, wait_ready=False)
+    config = httpx.get(server.url + "/playground/config.json", timeout=10).json()
+    assert config["auth_required"] is True
+    page = httpx.get(server.url + "/playground", timeout=10)
+    assert page.status_code == 200  # the page itself needs no key; the API calls do
 
 
 def test_playground_can_be_turned_off(start_proxy: Callable[..., ProxyServer]) -> None:
