@@ -23,6 +23,7 @@
     format: $("format-select"),
     formatNote: $("format-note"),
     send: $("send-button"),
+    stop: $("stop-button"),
     reset: $("new-button"),
     status: $("status"),
     error: $("error-output"),
@@ -38,7 +39,7 @@
 
   // The conversation as it is sent: earlier user messages keep their image_url parts, so
   // the proxy turns those images into retained embeddings on later turns.
-  const state = { history: [], pending: [], busy: false, config: {} };
+  const state = { history: [], pending: [], busy: false, config: {}, abort: null };
 
   // ---- set-up --------------------------------------------------------------------------
 
@@ -171,12 +172,18 @@
     setBusy(true);
     setStatus("Sending...");
     const started = performance.now();
+    // Stop closes the connection; the proxy then cancels its upstream request.
+    state.abort = new AbortController();
+    const signal = state.abort.signal;
     let response;
     try {
-      response = await fetch(CHAT_URL, { method: "POST", headers, body: JSON.stringify(body) });
+      response = await fetch(CHAT_URL, { method: "POST", headers, body: JSON.stringify(body), signal });
     } catch (error) {
-      showError({ message: `the proxy could not be reached: ${error}`, type: "network_error" });
-      setStatus("Failed.");
+      if (signal.aborted) setStatus("Stopped.");
+      else {
+        showError({ message: `the proxy could not be reached: ${error}`, type: "network_error" });
+        setStatus("Failed.");
+      }
       setBusy(false);
       return;
     }
@@ -192,9 +199,11 @@
       setBusy(false);
       return;
     }
-    const answer = await readStream(response);
+    const answer = await readStream(response, signal);
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
-    if (answer === null) {
+    if (signal.aborted) {
+      setStatus(`Stopped after ${seconds} s.`);
+    } else if (answer === null) {
       setStatus(`Failed after ${seconds} s.`);
     } else {
       commitTurn(message, answer);
@@ -288,7 +297,7 @@
   }
 
   // Streams the reply into the two panes; the answer text, or null when the stream failed.
-  async function readStream(response) {
+  async function readStream(response, signal) {
     let answer = "";
     let finished = false;
     setStatus("Waiting for the model...");
@@ -323,7 +332,7 @@
         }
       }
     } catch (error) {
-      showError({ message: `the stream broke: ${error}`, type: "network_error" });
+      if (!signal.aborted) showError({ message: `the stream broke: ${error}`, type: "network_error" });
       return null;
     }
     if (!finished) {
@@ -519,6 +528,8 @@
   function setBusy(busy) {
     state.busy = busy;
     ui.send.disabled = busy;
+    ui.stop.disabled = !busy;
+    if (!busy) state.abort = null;
     document.body.classList.toggle("busy", busy);
   }
 
@@ -563,5 +574,6 @@
   });
   ui.send.addEventListener("click", send);
   ui.reset.addEventListener("click", newConversation);
+  ui.stop.addEventListener("click", () => state.abort && state.abort.abort());
   loadConfig();
 })();

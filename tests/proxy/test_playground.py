@@ -416,3 +416,25 @@ def test_images_can_be_pasted_and_dropped(
     content = upstream.requests[-1].json["messages"][0]["content"]
     assert content.count("<image>") == 2
     assert page.find("cache-status").get_attribute("data-cache") == "miss"
+
+
+def test_stop_ends_the_stream_and_the_upstream_request(
+    playground: Callable[[ProxyServer], Playground],
+    proxy: ProxyServer,
+    upstream: FakeUpstream,
+) -> None:
+    events = r1_events(answer=tuple(f"word{i} " for i in range(40)))
+    upstream.script(Reply(events=events, chunk_delay_s=0.2))
+    page = playground(proxy)
+    page.ask("Talk for a while.")
+    page.wait(lambda: "word0" in page.text("answer-output"))
+    page.find("stop-button").click()
+    page.wait(lambda: page.text("status").startswith("Stopped"))
+    page.shot("stopped")
+    # The proxy noticed the browser leave and closed its upstream connection mid-stream.
+    connection = upstream.requests[-1].connection
+    page.wait(lambda: connection in upstream.closed_connections, timeout=10)
+    assert len(upstream.chunk_sent_at) < len(events)
+    assert page.find("error-output").is_displayed() is False
+    assert page.driver.find_elements(By.CSS_SELECTOR, '[data-testid="history"] li') == []
+    assert page.find("send-button").is_enabled()
