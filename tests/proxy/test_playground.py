@@ -438,3 +438,19 @@ def test_stop_ends_the_stream_and_the_upstream_request(
     assert page.find("error-output").is_displayed() is False
     assert page.driver.find_elements(By.CSS_SELECTOR, '[data-testid="history"] li') == []
     assert page.find("send-button").is_enabled()
+
+
+def test_keepalive_pings_while_the_model_thinks_are_ignored(
+    playground: Callable[[ProxyServer], Playground],
+    start_proxy: Callable[..., ProxyServer],
+    upstream: FakeUpstream,
+) -> None:
+    server = start_proxy(ping_interval=0.1)
+    upstream.script(Reply(first_chunk_delay_s=0.8))  # headers, then silence: `: ping` comments
+    page = playground(server)
+    page.ask("Think first.")
+    page.wait_done()
+    assert page.text("status").startswith("Done")
+    assert page.text("reasoning-output") == "The user sent a cat."
+    assert page.text("answer-output") == "A cat on a sofa."
+    assert page.find("error-output").is_displayed() is False
