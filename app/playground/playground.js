@@ -177,7 +177,12 @@
     const signal = state.abort.signal;
     let response;
     try {
-      response = await fetch(CHAT_URL, { method: "POST", headers, body: JSON.stringify(body), signal });
+      response = await fetch(CHAT_URL, {
+        method: "POST",
+        headers,
+        body: JSON.stringify(body),
+        signal,
+      });
     } catch (error) {
       if (signal.aborted) setStatus("Stopped.");
       else {
@@ -191,6 +196,8 @@
       response.headers.get("Server-Timing"),
       response.ok ? countImages(body.messages) : null,
     );
+    // The dry run shows what went upstream, also when the upstream refused it. Not after a
+    // refused key or an overload answer: the dry run would only be refused the same way.
     if (![401, 429, 503].includes(response.status)) dryRun(body, headers);
     if (!response.ok) {
       showError(await readError(response), response.status);
@@ -492,7 +499,9 @@
     role.className = "role";
     role.textContent = message.role;
     entry.append(role);
-    const parts = Array.isArray(message.content) ? message.content : [{ type: "text", text: message.content }];
+    const parts = Array.isArray(message.content)
+      ? message.content
+      : [{ type: "text", text: message.content }];
     for (const part of parts) {
       if (part.type === "text") {
         const text = document.createElement("p");
