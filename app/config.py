@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     # for a load balancer to notice); streams in flight get shutdown_grace_s to finish.
     drain_delay_s: float = Field(0.0, ge=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
+    # The browser playground at /playground (and / redirecting there); false turns both off.
+    playground: bool = True
 
     @field_validator("device", mode="before")
     @classmethod

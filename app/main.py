@@ -31,6 +31,7 @@ from app.api.auth import ClientAuthMiddleware, load_client_keys
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import AppState
 from app.api.observe import RequestObserver
+from app.api.playground import playground_router
 from app.api.responses import error_response
 from app.cache import EmbeddingCache, build_backends, namespace_of
 from app.config import Settings
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(playground_router(settings.playground))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Reliability and auth (outermost last): auth, then shedding/draining, then body limit.
     # `app.state.admission` exists before the lifespan runs: the CLI's SIGTERM handler and

@@ -9,6 +9,9 @@ need=()
 for tool in curl nginx prometheus redis-server; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
+# The playground's browser tests (tests/proxy/test_playground.py): Chromium and its driver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ "${#need[@]}" -gt 0 ]; then
     packages=("${need[@]}")  # each tool is also its Debian package name
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
