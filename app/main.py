@@ -11,27 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import multiprocessing
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
+from fastapi import FastAPI
 
 from app.api import chat, embeddings, health, models
 from app.api.admission import Admission, AdmissionMiddleware
 from app.api.auth import ClientAuthMiddleware, load_client_keys
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import AppState
+from app.api.errors import install_error_handlers
+from app.api.json_response import JsonResponse
 from app.api.observe import RequestObserver
-from app.api.responses import error_response
 from app.cache import EmbeddingCache, build_backends, namespace_of
 from app.config import Settings
 from app.embeddings_service import EmbeddingsOptions, EmbeddingsService
@@ -39,13 +34,12 @@ from app.encoder.clip import ClipImageEncoder, gpu_memory, load_encoders
 from app.encoder.pool import BatchReport, EncoderPool, PoolEvents
 from app.encoder.preprocess import PREPROCESS_VERSION
 from app.encoder.text import ClipTextEncoder, load_logit_scale, model_identity
-from app.errors import ProxyError, error_body
 from app.image_pipeline import ImagePipeline
 from app.ingest import ImageLimits
 from app.labels import Labeler, label_prompts, read_vocabulary
+from app.lifecycle import freeze_startup_objects, refuse_worker_processes
 from app.metrics import Metrics
 from app.rate_limit import RateLimiter
-from app.request_context import note_error
 from app.safe_fetch import FetchPolicy, SafeFetcher
 from app.service import ChatOptions, ChatService
 from app.text_pipeline import TextPipeline
@@ -80,7 +74,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.upstream.aclose()
             await state.fetcher.aclose()
 
-    app = FastAPI(title="clip-proxy", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="clip-proxy",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=JsonResponse,
+    )
     app.include_router(chat.router)
     app.include_router(embeddings.router)
     app.include_router(models.router)
@@ -100,27 +99,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestObserver, metrics=metrics)
     install_error_handlers(app)
     return app
-
-
-def refuse_worker_processes() -> None:
-    """One process per container, by design; refuse to start as one of several workers.
-
-    The encoder owns the GPU: every worker would load its own copy of CLIP, split the
-    batches (smaller batches, lower throughput) and keep its own queue and metrics, so a
-    scrape would see one worker's numbers. `clip-proxy serve` runs one worker; scale out with
-    replicas behind the load balancer instead. uvicorn's `--workers` and `--reload` start
-    the app in multiprocessing children, which is what this detects.
-    """
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        raise RuntimeError(
-            "PROMETHEUS_MULTIPROC_DIR is set, but clip-proxy runs one process per container "
-            "and keeps its metrics in memory; unset it and scale with replicas"
-        )
-    if multiprocessing.parent_process() is not None:
-        raise RuntimeError(
-            "clip-proxy runs one worker per container (the encoder owns the GPU); start it "
-            "with `clip-proxy serve`, not several uvicorn workers, and scale with replicas"
-        )
 
 
 def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
@@ -234,20 +212,6 @@ async def start_encoders(settings: Settings, state: AppState) -> None:
     freeze_startup_objects()
 
 
-def freeze_startup_objects() -> None:
-    """Take everything built at start (torch, transformers, the model, the app) out of the
-    garbage collector's reach.
-
-    Those are some 400,000 long-lived objects, and a full collection walks all of them:
-    about 175 ms on this machine, during which no stream is relayed (measured with
-    bench/profile_proxy.py; it showed as ms-long gaps between chunks). Frozen, a full
-    collection walks only what requests created since; reference counting still frees
-    the frozen objects that are dropped.
-    """
-    gc.collect()  # what is already garbage goes now, not into the frozen set
-    gc.freeze()
-
-
 class MetricsPoolEvents(PoolEvents):
     """The encoder pool's events as Prometheus metrics."""
 
@@ -311,28 +275,3 @@ def observe_batch(metrics: Metrics, report: BatchReport) -> None:
     for wait in report.queue_wait_s:
         metrics.encode_queue.observe(wait)
 
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
-
-    @app.exception_handler(ProxyError)
-    async def proxy_error(request: Request, exc: ProxyError) -> JSONResponse:
-        return error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        note_error("invalid_request")
-        return JSONResponse(
-            error_body(str(exc.errors()[0].get("msg")), "invalid_request_error"), 400
-        )
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        note_error(error_type)
-        return JSONResponse(
-            error_body(str(exc.detail), error_type), exc.status_code, headers=exc.headers
-        )
-
-    # Any other exception is a bug: RequestObserver (app/api/observe.py) logs it with its
-    # request id and answers 500 in the same shape.

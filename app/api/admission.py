@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.responses import error_response
+from app.api.errors import error_response
 from app.errors import Overloaded
 
 SHED_PREFIX = "/v1/"

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.responses import error_response
+from app.api.errors import error_response
 from app.errors import Unauthorized
 
 PROTECTED_PREFIX = "/v1/"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from app.api.deps import state_of
 from app.api.disconnect import ClientDisconnected, unless_disconnected
+from app.api.json_response import JsonResponse
 from app.api.openapi import request_body_schema
 from app.api.relay import RelayResponse
 from app.api.request_body import read_chat_request
@@ -46,7 +47,7 @@ async def chat_completions(request: Request) -> Response:
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED)
     if isinstance(outcome, DryRun):
-        return JSONResponse(outcome.body)
+        return JsonResponse(outcome.body)
     if isinstance(outcome, JsonReply):
         return Response(outcome.body, outcome.status_code, media_type=outcome.media_type)
     return RelayResponse(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from app.api.deps import state_of
-from app.api.responses import error_response
+from app.api.errors import error_response
+from app.api.json_response import JsonResponse
 from app.errors import Overloaded
 from app.metrics import CONTENT_TYPE
 
@@ -20,7 +21,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> JsonResponse:
     """Ready for traffic: the encoder is loaded and warm, and the process is not draining."""
     state = state_of(request)
     if request.app.state.admission.draining:
@@ -33,7 +34,7 @@ async def readyz(request: Request) -> JSONResponse:
             Overloaded("the image encoder is not ready", retry_after_s=5, code="not_ready"),
             counted=False,
         )
-    return JSONResponse({"status": "ready", "devices": state.images.devices})
+    return JsonResponse({"status": "ready", "devices": state.images.devices})
 
 
 @router.get("/metrics")

@@ -8,13 +8,14 @@ import base64
 import io
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from PIL import Image
 
-from tests.helpers import DATA, ProxyServer, data_url, free_port
+from tests.helpers import DATA, ProxyServer, data_url, free_port, proxy_settings
 from tests.upstream_server import FakeUpstream, Reply
 
 CHAT = "/v1/chat/completions"
@@ -203,6 +204,34 @@ def test_multipart_errors(proxy: ProxyServer) -> None:
 def test_unknown_route_and_method_are_openai_shaped(proxy: ProxyServer) -> None:
     assert_openai_error(httpx.get(proxy.url + "/v1/nothing"), 404, None)
     assert_openai_error(httpx.get(proxy.url + CHAT), 405, None)
+
+
+def test_a_bug_answers_500_in_openai_shape_with_its_request_id(
+    test_model_dir: Path, upstream: FakeUpstream
+) -> None:
+    """An exception no handler knows (a bug) still leaves as OpenAI's error, quoting nothing
+    of the exception, with the request id a user can report."""
+    server = ProxyServer(proxy_settings(test_model_dir, upstream.base_url))
+
+    async def broken() -> None:
+        raise RuntimeError("bug holding sk-upstream-secret")
+
+    server.app.add_api_route("/v1/broken", broken)
+    server.start(wait_ready=False)
+    try:
+        response = httpx.get(server.url + "/v1/broken", headers={"X-Request-ID": "bug-7"})
+        error = assert_openai_error(response, 500, None)
+        assert error == {
+            "message": "internal error in clip-proxy",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+        assert response.headers["x-request-id"] == response.json()["request_id"] == "bug-7"
+        assert "sk-upstream-secret" not in response.text
+        assert httpx.get(server.url + "/healthz").status_code == 200  # and it goes on
+    finally:
+        server.stop()
 
 
 TEXT = {"messages": [{"role": "user", "content": "hi"}]}

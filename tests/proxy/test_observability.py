@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from app.main import refuse_worker_processes
+from app.lifecycle import refuse_worker_processes
 from app.metrics import Metrics
 from tests.helpers import (
     DATA,
