@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,9 @@ from fastapi import FastAPI
 
 from app.api import chat, embeddings, health, models
 from app.api.admission import Admission, AdmissionMiddleware
-from app.api.auth import ClientAuthMiddleware, load_client_keys
+from app.api.auth import ClientAuthMiddleware, key_digests
 from app.api.body_limit import BodyLimitMiddleware
-from app.api.deps import AppState
+from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.json_response import JsonResponse
 from app.api.observe import RequestObserver
@@ -34,14 +35,16 @@ from app.encoder.clip import ClipImageEncoder, gpu_memory, load_encoders
 from app.encoder.pool import BatchReport, EncoderPool, PoolEvents
 from app.encoder.preprocess import PREPROCESS_VERSION
 from app.encoder.text import ClipTextEncoder, load_logit_scale, model_identity
+from app.health_service import HealthService
 from app.image_pipeline import ImagePipeline
 from app.ingest import ImageLimits
 from app.labels import Labeler, label_prompts, read_vocabulary
 from app.lifecycle import freeze_startup_objects, refuse_worker_processes
 from app.metrics import Metrics
+from app.models_service import ModelsService
 from app.rate_limit import RateLimiter
 from app.safe_fetch import FetchPolicy, SafeFetcher
-from app.service import ChatOptions, ChatService
+from app.service import ChatLimits, ChatOptions, ChatService
 from app.text_pipeline import TextPipeline
 from app.upstream import RetryPolicy, UpstreamClient
 
@@ -51,14 +54,18 @@ logger = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics(gpu_memory=gpu_memory)
+    refused = metrics.requests_refused
+    # Built before the lifespan runs: the CLI's SIGTERM handler begins draining on it.
+    admission = Admission(
+        settings.max_in_flight, on_refused=lambda reason: refused.labels(reason=reason).inc()
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         refuse_worker_processes()
-        state = build_state(settings, metrics)
+        state = build_state(settings, metrics, draining=lambda: admission.draining)
         app.state.clip_proxy = state
-        refused = state.metrics.requests_refused
-        app.state.admission.on_refused = lambda reason: refused.labels(reason=reason).inc()
+        app.state.services = state.services  # all the routes reach (app/api/deps.py)
         loader = asyncio.create_task(start_encoders(settings, state))
         try:
             yield
@@ -86,13 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Reliability and auth (outermost last): auth, then shedding/draining, then body limit.
-    # `app.state.admission` exists before the lifespan runs: the CLI's SIGTERM handler and
-    # /readyz read its draining flag.
-    app.state.admission = Admission(settings.max_in_flight)
-    app.add_middleware(AdmissionMiddleware, admission=app.state.admission)
+    app.state.admission = admission  # for `clip-proxy serve`'s DrainingServer
+    app.add_middleware(AdmissionMiddleware, admission=admission)
     app.add_middleware(
         ClientAuthMiddleware,
-        keys=load_client_keys(settings.api_keys, settings.api_keys_file),
+        keys=key_digests(settings.client_keys),
         protect_metrics=settings.metrics_require_auth,
     )
     # Added last, so it runs first: the request id is bound before anything else runs.
@@ -101,8 +106,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
-    metrics = metrics or Metrics(gpu_memory=gpu_memory)
+@dataclass
+class AppState:
+    """Everything one process built: the services the routes reach (`services`), and the
+    components under them, kept here to start and close them in order."""
+
+    settings: Settings
+    metrics: Metrics
+    images: ImagePipeline
+    fetcher: SafeFetcher
+    upstream: UpstreamClient
+    cache: EmbeddingCache
+    texts: TextPipeline
+    services: Services
+
+
+def build_state(
+    settings: Settings, metrics: Metrics, *, draining: Callable[[], bool]
+) -> AppState:
     fetcher = SafeFetcher(
         FetchPolicy(
             max_bytes=settings.max_image_bytes,
@@ -153,7 +174,12 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
         default_model=settings.default_model,
         prompt_format=settings.prompt_format,
         decimals=settings.embedding_decimals,
-        max_images=settings.max_images_per_request,
+        limits=ChatLimits(
+            max_images=settings.max_images_per_request,
+            max_image_bytes=settings.max_image_bytes,
+            max_body_bytes=settings.max_body_bytes,
+        ),
+        ping_interval_s=settings.ping_interval,
         templates=settings.templates(),
     )
     embeddings_options = EmbeddingsOptions(
@@ -167,10 +193,14 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
         images=images,
         fetcher=fetcher,
         upstream=upstream,
-        chat=ChatService(options, images, upstream, metrics=metrics),
         cache=cache,
         texts=texts,
-        embeddings=EmbeddingsService(embeddings_options, images, texts),
+        services=Services(
+            chat=ChatService(options, images, upstream, metrics=metrics),
+            embeddings=EmbeddingsService(embeddings_options, images, texts),
+            models=ModelsService(upstream),
+            health=HealthService(images, metrics, draining=draining),
+        ),
     )
 
 
@@ -249,7 +279,7 @@ async def start_text_side(settings: Settings, state: AppState, vision: ClipImage
         return True
     if settings.labels_top_k > 0:
         # Before `attach`: the text tower serves one caller at a time (ClipTextEncoder).
-        state.chat.labeler = await asyncio.to_thread(build_labeler, settings, text)
+        state.services.chat.labeler = await asyncio.to_thread(build_labeler, settings, text)
     state.texts.attach(text)
     return True
 

@@ -64,11 +64,23 @@ ChatOutcome = DryRun | JsonReply | StreamReply
 
 
 @dataclass(frozen=True)
+class ChatLimits:
+    """What one chat request may carry. The service counts the images; the route applies the
+    byte limits while it reads the body (uploads arrive before the service sees them)."""
+
+    max_images: int
+    max_image_bytes: int
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
 class ChatOptions:
     default_model: str
     prompt_format: PromptFormat
     decimals: int
-    max_images: int
+    limits: ChatLimits
+    # Seconds of upstream silence before the relay sends a keep-alive comment (0: never).
+    ping_interval_s: float
     templates: ImageTemplates = field(default_factory=ImageTemplates)
 
 
@@ -90,6 +102,14 @@ class ChatService:
         # Set once the text tower has encoded the vocabulary, when labels are on.
         self.labeler: Labeler | None = None
 
+    @property
+    def limits(self) -> ChatLimits:
+        return self._options.limits
+
+    @property
+    def ping_interval_s(self) -> float:
+        return self._options.ping_interval_s
+
     async def complete(
         self,
         request: ChatCompletionRequest,
@@ -101,9 +121,10 @@ class ChatService:
         messages: list[Message] = body["messages"]
         attach_uploads(messages, len(uploads))
         sources = collect_image_sources(messages, uploads)
-        if len(sources) > self._options.max_images:
+        max_images = self._options.limits.max_images
+        if len(sources) > max_images:
             raise TooManyImages(
-                f"{len(sources)} images in one request; the limit is {self._options.max_images}",
+                f"{len(sources)} images in one request; the limit is {max_images}",
                 param="messages",
             )
         images = await self._encode_all(sources)
