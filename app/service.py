@@ -22,7 +22,7 @@ from app.image_pipeline import ImagePipeline
 from app.ingest import ImageSource
 from app.labels import Labeler
 from app.metrics import Metrics
-from app.protocol import ChatCompletionRequest, PromptFormat
+from app.protocol import ChatCompletionRequest, PromptFormat, UploadedImagePart, is_image_part
 from app.request_context import note_stage
 from app.rewrite import (
     ImageFacts,
@@ -209,17 +209,11 @@ def _usage_of(answer: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
-UPLOAD_URL = "upload:"
-
-
 def attach_uploads(messages: list[Message], count: int) -> None:
     """Put `count` uploaded-image parts at the end of the last user message, after its text."""
     if count == 0:
         return
-    placeholders = [
-        {"type": "image_url", "image_url": {"url": f"{UPLOAD_URL}{index}"}}
-        for index in range(count)
-    ]
+    placeholders: list[Any] = [UploadedImagePart(index) for index in range(count)]
     index = last_user_index(messages)
     if index < 0:
         messages.append({"role": "user", "content": placeholders})
@@ -243,15 +237,10 @@ def collect_image_sources(
         if not isinstance(content, list):
             continue
         for part_index, part in enumerate(content):
-            if part.get("type") != "image_url":
-                continue
-            url: str = part["image_url"]["url"]
             location = (message_index, part_index)
-            if url.startswith(UPLOAD_URL) and url[len(UPLOAD_URL) :].isdigit():
-                upload_index = int(url[len(UPLOAD_URL) :])
-                if upload_index < len(uploads):
-                    sources[location] = uploads[upload_index]
-                    continue
-            param = f"messages[{message_index}].content[{part_index}].image_url"
-            sources[location] = ImageSource.from_url(url, param)
+            if isinstance(part, UploadedImagePart):
+                sources[location] = uploads[part.index]
+            elif is_image_part(part):
+                param = f"messages[{message_index}].content[{part_index}].image_url"
+                sources[location] = ImageSource.from_url(part["image_url"]["url"], param)
     return sources

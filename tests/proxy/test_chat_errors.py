@@ -201,6 +201,47 @@ def test_multipart_errors(proxy: ProxyServer) -> None:
     assert_openai_error(broken, 400, "image[0]")
 
 
+def test_a_client_written_upload_url_does_not_bind_to_an_upload(
+    proxy: ProxyServer, upstream: FakeUpstream
+) -> None:
+    """Uploads travel as the proxy's own typed parts: `upload:0` written by a client is a URL
+    like any other (and refused as one, where it stands), never the first uploaded image
+    encoded and counted a second time."""
+    history = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "earlier"},
+                {"type": "image_url", "image_url": {"url": "upload:0"}},
+            ],
+        },
+        {"role": "assistant", "content": "a camera"},
+        {"role": "user", "content": "and now?"},
+    ]
+    response = httpx.post(
+        proxy.url + CHAT,
+        data={"messages": json.dumps(history)},
+        files=[("image", ("a.png", PNG))],
+        headers={"X-Clip-Proxy-Dry-Run": "true"},
+    )
+    error = assert_openai_error(response, 400, "messages[0].content[1].image_url")
+    assert error["code"] == "forbidden_url"
+    assert upstream.requests == []
+    # The upload alone still joins the last user message, once.
+    history[0]["content"] = "earlier"
+    alone = httpx.post(
+        proxy.url + CHAT,
+        data={"messages": json.dumps(history)},
+        files=[("image", ("a.png", PNG))],
+        headers={"X-Clip-Proxy-Dry-Run": "true"},
+    )
+    assert alone.status_code == 200, alone.text
+    sent = alone.json()["messages"]
+    assert sent[0]["content"] == "earlier"
+    assert sent[2]["content"].startswith("and now?\n<image>")
+    assert "<image>" not in json.dumps(sent[:2]) and "retain_image_emb" not in alone.text
+
+
 def test_unknown_route_and_method_are_openai_shaped(proxy: ProxyServer) -> None:
     assert_openai_error(httpx.get(proxy.url + "/v1/nothing"), 404, None)
     assert_openai_error(httpx.get(proxy.url + CHAT), 405, None)

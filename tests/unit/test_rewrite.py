@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from app.protocol import PromptFormat
+from app.protocol import PromptFormat, UploadedImagePart
 from app.rewrite import ImageFacts, format_vector, rewrite_messages
 
 
@@ -87,3 +87,16 @@ def test_text_only_list_content_becomes_one_string() -> None:
     assert rewrite_messages(messages, {}, PromptFormat.inline) == [
         {"role": "user", "content": "a\nb"}
     ]
+
+
+def test_an_uploaded_image_part_is_rewritten_as_any_image() -> None:
+    """The proxy's own part for an upload leaves exactly as a client's `image_url` would."""
+    uploaded: list[dict[str, object]] = [
+        {**message, "content": [UploadedImagePart(0), *message["content"][1:]]}
+        if index == 3
+        else message
+        for index, message in enumerate(MESSAGES)
+    ]
+    for prompt_format in PromptFormat:
+        expected = rewrite_messages(MESSAGES, VECTORS, prompt_format)
+        assert rewrite_messages(uploaded, VECTORS, prompt_format) == expected
