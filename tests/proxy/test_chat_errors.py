@@ -9,6 +9,7 @@ import io
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -28,7 +29,7 @@ def gif(frames: int) -> bytes:
     return buffer.getvalue()
 
 
-def with_image(url: str) -> dict[str, object]:
+def with_image(url: str) -> dict[str, Any]:
     return {
         "messages": [
             {
@@ -146,7 +147,7 @@ def test_bad_images_are_400_and_name_the_part(
 
 def test_one_bad_image_fails_its_request_only(proxy: ProxyServer) -> None:
     body = with_image(data_url(PNG))
-    body["messages"][0]["content"].append(  # type: ignore[index]
+    body["messages"][0]["content"].append(
         {"type": "image_url", "image_url": {"url": data_url(PNG[:3000])}}
     )
     response = httpx.post(proxy.url + CHAT, json=body)
@@ -157,7 +158,7 @@ def test_limits(start_proxy: Callable[..., ProxyServer]) -> None:
     proxy = start_proxy(max_images_per_request=2, max_image_bytes=100_000, max_body_bytes=500_000)
     three = with_image(data_url(PNG[:10]))
     three["messages"][0]["content"] += (
-        [  # type: ignore[index]
+        [
             {"type": "image_url", "image_url": {"url": data_url(PNG[:10])}}
         ]
         * 2
@@ -207,7 +208,7 @@ def test_a_client_written_upload_url_does_not_bind_to_an_upload(
     """Uploads travel as the proxy's own typed parts: `upload:0` written by a client is a URL
     like any other (and refused as one, where it stands), never the first uploaded image
     encoded and counted a second time."""
-    history = [
+    history: list[dict[str, Any]] = [
         {
             "role": "user",
             "content": [

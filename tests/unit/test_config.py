@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -61,7 +62,8 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_bad_values_are_refused(field: str, value: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
-        Settings(**{field: value})
+        overrides: dict[str, Any] = {field: value}
+        Settings(**overrides)
 
 
 def test_serve_refuses_bad_configuration_with_a_clear_message() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,7 @@ def test_format_vector_writes_fixed_decimals() -> None:
     assert format_vector(vector, 3) == "0.123,-0.500,0.000,-0.000"
 
 
-MESSAGES = [
+MESSAGES: list[dict[str, Any]] = [
     {"role": "system", "content": "sys"},
     {
         "role": "user",
@@ -70,7 +71,7 @@ def test_content_part_format_byte_for_byte() -> None:
         **embedding,
         "image_embedding": {"embedding": "-0.300000,0.400000", "format": "clip_vector_v1"},
     }
-    assert out[3]["content"][1:] == MESSAGES[3]["content"][1:]  # type: ignore[index]
+    assert out[3]["content"][1:] == MESSAGES[3]["content"][1:]
     assert out[2] == {"role": "assistant", "content": "a cat", "name": "bot"}
 
 
@@ -91,7 +92,7 @@ def test_text_only_list_content_becomes_one_string() -> None:
 
 def test_an_uploaded_image_part_is_rewritten_as_any_image() -> None:
     """The proxy's own part for an upload leaves exactly as a client's `image_url` would."""
-    uploaded: list[dict[str, object]] = [
+    uploaded: list[dict[str, Any]] = [
         {**message, "content": [UploadedImagePart(0), *message["content"][1:]]}
         if index == 3
         else message
