@@ -1,4 +1,5 @@
-"""The application factory: `create_app(settings)` wires every component for one process.
+"""The composition root: `create_app(settings)` wires every component for one process, and
+`AppState` holds what it built. Routes see only the services (`app/api/deps.py`).
 
     app = create_app(Settings(upstream_base_url="http://127.0.0.1:9000/v1"))
 
@@ -49,6 +50,21 @@ from app.text_pipeline import TextPipeline
 from app.upstream import RetryPolicy, UpstreamClient
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    """Everything one process built: the services the routes reach (`services`), and the
+    components under them, kept here to start and close them in order."""
+
+    settings: Settings
+    metrics: Metrics
+    images: ImagePipeline
+    fetcher: SafeFetcher
+    upstream: UpstreamClient
+    cache: EmbeddingCache
+    texts: TextPipeline
+    services: Services
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -104,21 +120,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestObserver, metrics=metrics)
     install_error_handlers(app)
     return app
-
-
-@dataclass
-class AppState:
-    """Everything one process built: the services the routes reach (`services`), and the
-    components under them, kept here to start and close them in order."""
-
-    settings: Settings
-    metrics: Metrics
-    images: ImagePipeline
-    fetcher: SafeFetcher
-    upstream: UpstreamClient
-    cache: EmbeddingCache
-    texts: TextPipeline
-    services: Services
 
 
 def build_state(
