@@ -74,12 +74,8 @@ def _serve(host: str, port: int) -> int:
 def _secrets(settings: Settings) -> list[str]:
     """Values masked in every log line, whatever logged them: the upstream key and every
     client key, those of API_KEYS_FILE included."""
-    from app.api.auth import client_keys
-
     upstream = settings.upstream_api_key.get_secret_value()
-    return [
-        key for key in [upstream, *client_keys(settings.api_keys, settings.api_keys_file)] if key
-    ]
+    return [key for key in [upstream, *settings.client_keys] if key]
 
 
 def _make_test_model(directory: Path, projection_dim: int, vit_l14: bool) -> int:

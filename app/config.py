@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.protocol import PromptFormat
@@ -48,6 +56,8 @@ class Settings(BaseSettings):
     """Every knob of clip-proxy; each has a default that works."""
 
     model_config = SettingsConfigDict(env_prefix="CLIP_PROXY_", extra="ignore")
+
+    _client_keys: list[str] = PrivateAttr(default_factory=list)
 
     # Upstream
     upstream_base_url: str = "https://api.lkeap.cloud.tencent.com/v1"
@@ -212,6 +222,18 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _read_client_keys(self) -> Settings:
+        # Read once, here: client auth and the log redactor (`clip-proxy serve`) both use
+        # them, and a file that cannot be read is a configuration error like any other.
+        self._client_keys = read_client_keys(self.api_keys, self.api_keys_file)
+        return self
+
+    @property
+    def client_keys(self) -> list[str]:
+        """Every client key: those of API_KEYS and those of API_KEYS_FILE."""
+        return list(self._client_keys)
+
+    @model_validator(mode="after")
     def _check_labels(self) -> Settings:
         if self.templates().uses("labels") and self.labels_top_k == 0:
             raise ValueError("a template uses {labels}: set CLIP_PROXY_LABELS_TOP_K to 1 or more")
@@ -224,3 +246,14 @@ class Settings(BaseSettings):
             retained_ref=self.retained_ref_template,
             max_retained_vectors=self.max_retained_vectors,
         )
+
+
+def read_client_keys(keys: Iterable[SecretStr], keys_file: Path | None) -> list[str]:
+    """Client keys from the setting and from a file of one key per line (`#` comments)."""
+    values = [key.get_secret_value() for key in keys]
+    if keys_file is not None:
+        for line in keys_file.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                values.append(line)
+    return [value for value in values if value]

@@ -1,4 +1,5 @@
-"""The application factory: `create_app(settings)` wires every component for one process.
+"""The composition root: `create_app(settings)` wires every component for one process, and
+`AppState` holds what it built. Routes see only the services (`app/api/deps.py`).
 
     app = create_app(Settings(upstream_base_url="http://127.0.0.1:9000/v1"))
 
@@ -11,28 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import multiprocessing
-import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
+from fastapi import FastAPI
 
 from app.api import chat, embeddings, health, models
 from app.api.admission import Admission, AdmissionMiddleware
-from app.api.auth import ClientAuthMiddleware, load_client_keys
+from app.api.auth import ClientAuthMiddleware, key_digests
 from app.api.body_limit import BodyLimitMiddleware
-from app.api.deps import AppState
+from app.api.deps import Services
+from app.api.errors import install_error_handlers
+from app.api.json_response import JsonResponse
 from app.api.observe import RequestObserver
 from app.api.playground import playground_router
-from app.api.responses import error_response
 from app.cache import EmbeddingCache, build_backends, namespace_of
 from app.config import Settings
 from app.embeddings_service import EmbeddingsOptions, EmbeddingsService
@@ -40,32 +37,52 @@ from app.encoder.clip import ClipImageEncoder, gpu_memory, load_encoders
 from app.encoder.pool import BatchReport, EncoderPool, PoolEvents
 from app.encoder.preprocess import PREPROCESS_VERSION
 from app.encoder.text import ClipTextEncoder, load_logit_scale, model_identity
-from app.errors import ProxyError, error_body
+from app.health_service import HealthService
 from app.image_pipeline import ImagePipeline
 from app.ingest import ImageLimits
 from app.labels import Labeler, label_prompts, read_vocabulary
+from app.lifecycle import freeze_startup_objects, refuse_worker_processes
 from app.metrics import Metrics
+from app.models_service import ModelsService
 from app.rate_limit import RateLimiter
-from app.request_context import note_error
 from app.safe_fetch import FetchPolicy, SafeFetcher
-from app.service import ChatOptions, ChatService
+from app.service import ChatLimits, ChatOptions, ChatService
 from app.text_pipeline import TextPipeline
 from app.upstream import RetryPolicy, UpstreamClient
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class AppState:
+    """Everything one process built: the services the routes reach (`services`), and the
+    components under them, kept here to start and close them in order."""
+
+    settings: Settings
+    metrics: Metrics
+    images: ImagePipeline
+    fetcher: SafeFetcher
+    upstream: UpstreamClient
+    cache: EmbeddingCache
+    texts: TextPipeline
+    services: Services
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics(gpu_memory=gpu_memory)
+    refused = metrics.requests_refused
+    # Built before the lifespan runs: the CLI's SIGTERM handler begins draining on it.
+    admission = Admission(
+        settings.max_in_flight, on_refused=lambda reason: refused.labels(reason=reason).inc()
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         refuse_worker_processes()
-        state = build_state(settings, metrics)
+        state = build_state(settings, metrics, draining=lambda: admission.draining)
         app.state.clip_proxy = state
-        refused = state.metrics.requests_refused
-        app.state.admission.on_refused = lambda reason: refused.labels(reason=reason).inc()
+        app.state.services = state.services  # all the routes reach (app/api/deps.py)
         loader = asyncio.create_task(start_encoders(settings, state))
         try:
             yield
@@ -81,21 +98,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.upstream.aclose()
             await state.fetcher.aclose()
 
-    app = FastAPI(title="clip-proxy", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="clip-proxy",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=JsonResponse,
+    )
     app.include_router(chat.router)
     app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(health.router)
-    app.include_router(playground_router(settings.playground))
+    app.include_router(
+        playground_router(
+            settings.playground,
+            auth_required=bool(settings.client_keys),
+            prompt_format=settings.prompt_format.value,
+        )
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Reliability and auth (outermost last): auth, then shedding/draining, then body limit.
-    # `app.state.admission` exists before the lifespan runs: the CLI's SIGTERM handler and
-    # /readyz read its draining flag.
-    app.state.admission = Admission(settings.max_in_flight)
-    app.add_middleware(AdmissionMiddleware, admission=app.state.admission)
+    app.state.admission = admission  # for `clip-proxy serve`'s DrainingServer
+    app.add_middleware(AdmissionMiddleware, admission=admission)
     app.add_middleware(
         ClientAuthMiddleware,
-        keys=load_client_keys(settings.api_keys, settings.api_keys_file),
+        keys=key_digests(settings.client_keys),
         protect_metrics=settings.metrics_require_auth,
     )
     # Added last, so it runs first: the request id is bound before anything else runs.
@@ -104,29 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def refuse_worker_processes() -> None:
-    """One process per container, by design; refuse to start as one of several workers.
-
-    The encoder owns the GPU: every worker would load its own copy of CLIP, split the
-    batches (smaller batches, lower throughput) and keep its own queue and metrics, so a
-    scrape would see one worker's numbers. `clip-proxy serve` runs one worker; scale out with
-    replicas behind the load balancer instead. uvicorn's `--workers` and `--reload` start
-    the app in multiprocessing children, which is what this detects.
-    """
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        raise RuntimeError(
-            "PROMETHEUS_MULTIPROC_DIR is set, but clip-proxy runs one process per container "
-            "and keeps its metrics in memory; unset it and scale with replicas"
-        )
-    if multiprocessing.parent_process() is not None:
-        raise RuntimeError(
-            "clip-proxy runs one worker per container (the encoder owns the GPU); start it "
-            "with `clip-proxy serve`, not several uvicorn workers, and scale with replicas"
-        )
-
-
-def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
-    metrics = metrics or Metrics(gpu_memory=gpu_memory)
+def build_state(
+    settings: Settings, metrics: Metrics, *, draining: Callable[[], bool]
+) -> AppState:
     fetcher = SafeFetcher(
         FetchPolicy(
             max_bytes=settings.max_image_bytes,
@@ -177,7 +183,12 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
         default_model=settings.default_model,
         prompt_format=settings.prompt_format,
         decimals=settings.embedding_decimals,
-        max_images=settings.max_images_per_request,
+        limits=ChatLimits(
+            max_images=settings.max_images_per_request,
+            max_image_bytes=settings.max_image_bytes,
+            max_body_bytes=settings.max_body_bytes,
+        ),
+        ping_interval_s=settings.ping_interval,
         templates=settings.templates(),
     )
     embeddings_options = EmbeddingsOptions(
@@ -191,10 +202,14 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
         images=images,
         fetcher=fetcher,
         upstream=upstream,
-        chat=ChatService(options, images, upstream, metrics=metrics),
         cache=cache,
         texts=texts,
-        embeddings=EmbeddingsService(embeddings_options, images, texts),
+        services=Services(
+            chat=ChatService(options, images, upstream, metrics=metrics),
+            embeddings=EmbeddingsService(embeddings_options, images, texts),
+            models=ModelsService(upstream),
+            health=HealthService(images, metrics, draining=draining),
+        ),
     )
 
 
@@ -236,20 +251,6 @@ async def start_encoders(settings: Settings, state: AppState) -> None:
     freeze_startup_objects()
 
 
-def freeze_startup_objects() -> None:
-    """Take everything built at start (torch, transformers, the model, the app) out of the
-    garbage collector's reach.
-
-    Those are some 400,000 long-lived objects, and a full collection walks all of them:
-    about 175 ms on this machine, during which no stream is relayed (measured with
-    bench/profile_proxy.py; it showed as ms-long gaps between chunks). Frozen, a full
-    collection walks only what requests created since; reference counting still frees
-    the frozen objects that are dropped.
-    """
-    gc.collect()  # what is already garbage goes now, not into the frozen set
-    gc.freeze()
-
-
 class MetricsPoolEvents(PoolEvents):
     """The encoder pool's events as Prometheus metrics."""
 
@@ -287,7 +288,7 @@ async def start_text_side(settings: Settings, state: AppState, vision: ClipImage
         return True
     if settings.labels_top_k > 0:
         # Before `attach`: the text tower serves one caller at a time (ClipTextEncoder).
-        state.chat.labeler = await asyncio.to_thread(build_labeler, settings, text)
+        state.services.chat.labeler = await asyncio.to_thread(build_labeler, settings, text)
     state.texts.attach(text)
     return True
 
@@ -313,28 +314,3 @@ def observe_batch(metrics: Metrics, report: BatchReport) -> None:
     for wait in report.queue_wait_s:
         metrics.encode_queue.observe(wait)
 
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
-
-    @app.exception_handler(ProxyError)
-    async def proxy_error(request: Request, exc: ProxyError) -> JSONResponse:
-        return error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        note_error("invalid_request")
-        return JSONResponse(
-            error_body(str(exc.errors()[0].get("msg")), "invalid_request_error"), 400
-        )
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        note_error(error_type)
-        return JSONResponse(
-            error_body(str(exc.detail), error_type), exc.status_code, headers=exc.headers
-        )
-
-    # Any other exception is a bug: RequestObserver (app/api/observe.py) logs it with its
-    # request id and answers 500 in the same shape.

@@ -3,10 +3,13 @@
 Every model allows extra fields: whatever the proxy does not model (tools, temperature,
 stream_options, vendor fields) passes through to the upstream unchanged. Responses and
 stream chunks are relayed as the upstream's bytes and need no model here.
+
+Beside them, the proxy's own part type, which no client can send: `UploadedImagePart`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -51,6 +54,26 @@ ContentPart = Annotated[
     Annotated[TextPart, Tag("text")] | Annotated[ImageUrlPart, Tag("image_url")],
     Discriminator("type"),
 ]
+
+
+@dataclass(frozen=True)
+class UploadedImagePart:
+    """An image the client uploaded (multipart field `image`), put among the parts of the last
+    user message by the proxy. Internal: it is no `ContentPart` and no dict, so nothing a
+    client writes (an `image_url` of `upload:0`, say) can be taken for one. It never leaves
+    the proxy: the rewrite replaces it like any image part.
+
+        content.append(UploadedImagePart(index=0))   # the first file of the `image` field
+    """
+
+    index: int  # which upload, in the order the files arrived
+
+
+def is_image_part(part: object) -> bool:
+    """An image among a message's parts: a client's `image_url` part or an uploaded image."""
+    if isinstance(part, UploadedImagePart):
+        return True
+    return isinstance(part, dict) and part.get("type") == "image_url"
 
 
 class ChatMessage(OpenAIModel):

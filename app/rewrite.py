@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from app.protocol import PromptFormat
+from app.protocol import PromptFormat, is_image_part
 
 Location = tuple[int, int]  # (message index, part index)
 Message = dict[str, Any]
@@ -117,7 +117,7 @@ def rewrite_messages(
             parts = []
             for part_index, part in enumerate(content):
                 location = (message_index, part_index)
-                if part.get("type") != "image_url":
+                if not is_image_part(part):
                     parts.append(part)
                     continue
                 facts = images.get(location)
@@ -147,7 +147,7 @@ def _retained_as_refs(messages: list[Message], current: int, keep: int) -> set[L
         for message_index, message in enumerate(messages)
         if message_index != current and isinstance(message.get("content"), list)
         for part_index, part in enumerate(message["content"])
-        if part.get("type") == "image_url"
+        if is_image_part(part)
     ]
     return set(earlier[: max(len(earlier) - keep, 0)])
 

@@ -22,7 +22,7 @@ from app.image_pipeline import ImagePipeline
 from app.ingest import ImageSource
 from app.labels import Labeler
 from app.metrics import Metrics
-from app.protocol import ChatCompletionRequest, PromptFormat
+from app.protocol import ChatCompletionRequest, PromptFormat, UploadedImagePart, is_image_part
 from app.request_context import note_stage
 from app.rewrite import (
     ImageFacts,
@@ -64,11 +64,23 @@ ChatOutcome = DryRun | JsonReply | StreamReply
 
 
 @dataclass(frozen=True)
+class ChatLimits:
+    """What one chat request may carry. The service counts the images; the route applies the
+    byte limits while it reads the body (uploads arrive before the service sees them)."""
+
+    max_images: int
+    max_image_bytes: int
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
 class ChatOptions:
     default_model: str
     prompt_format: PromptFormat
     decimals: int
-    max_images: int
+    limits: ChatLimits
+    # Seconds of upstream silence before the relay sends a keep-alive comment (0: never).
+    ping_interval_s: float
     templates: ImageTemplates = field(default_factory=ImageTemplates)
 
 
@@ -90,6 +102,14 @@ class ChatService:
         # Set once the text tower has encoded the vocabulary, when labels are on.
         self.labeler: Labeler | None = None
 
+    @property
+    def limits(self) -> ChatLimits:
+        return self._options.limits
+
+    @property
+    def ping_interval_s(self) -> float:
+        return self._options.ping_interval_s
+
     async def complete(
         self,
         request: ChatCompletionRequest,
@@ -101,9 +121,10 @@ class ChatService:
         messages: list[Message] = body["messages"]
         attach_uploads(messages, len(uploads))
         sources = collect_image_sources(messages, uploads)
-        if len(sources) > self._options.max_images:
+        max_images = self._options.limits.max_images
+        if len(sources) > max_images:
             raise TooManyImages(
-                f"{len(sources)} images in one request; the limit is {self._options.max_images}",
+                f"{len(sources)} images in one request; the limit is {max_images}",
                 param="messages",
             )
         images = await self._encode_all(sources)
@@ -188,17 +209,11 @@ def _usage_of(answer: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
-UPLOAD_URL = "upload:"
-
-
 def attach_uploads(messages: list[Message], count: int) -> None:
     """Put `count` uploaded-image parts at the end of the last user message, after its text."""
     if count == 0:
         return
-    placeholders = [
-        {"type": "image_url", "image_url": {"url": f"{UPLOAD_URL}{index}"}}
-        for index in range(count)
-    ]
+    placeholders: list[Any] = [UploadedImagePart(index) for index in range(count)]
     index = last_user_index(messages)
     if index < 0:
         messages.append({"role": "user", "content": placeholders})
@@ -222,15 +237,10 @@ def collect_image_sources(
         if not isinstance(content, list):
             continue
         for part_index, part in enumerate(content):
-            if part.get("type") != "image_url":
-                continue
-            url: str = part["image_url"]["url"]
             location = (message_index, part_index)
-            if url.startswith(UPLOAD_URL) and url[len(UPLOAD_URL) :].isdigit():
-                upload_index = int(url[len(UPLOAD_URL) :])
-                if upload_index < len(uploads):
-                    sources[location] = uploads[upload_index]
-                    continue
-            param = f"messages[{message_index}].content[{part_index}].image_url"
-            sources[location] = ImageSource.from_url(url, param)
+            if isinstance(part, UploadedImagePart):
+                sources[location] = uploads[part.index]
+            elif is_image_part(part):
+                param = f"messages[{message_index}].content[{part_index}].image_url"
+                sources[location] = ImageSource.from_url(part["image_url"]["url"], param)
     return sources

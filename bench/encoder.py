@@ -82,7 +82,9 @@ def photos() -> list[tuple[str, bytes]]:
 
 def seed_path(checkpoint: Path, device: str, images: int) -> tuple[Row, dict[str, np.ndarray]]:
     """The seed's code: CLIPProcessor + full CLIPModel in fp32, one image at a time."""
-    model = CLIPModel.from_pretrained(checkpoint).to(device).eval()
+    model = CLIPModel.from_pretrained(checkpoint)
+    model.to(device)  # type: ignore[arg-type]  # transformers' wrapper hides the signature
+    model.eval()
     processor = CLIPProcessor.from_pretrained(checkpoint)
     pictures = [
         (name, Image.open(ROOT / "tests" / "data" / name).convert("RGB")) for name in PHOTOS

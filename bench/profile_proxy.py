@@ -5,7 +5,7 @@ closed-loop cell per concurrency with py-spy attached to the proxy, and prints t
 CPU time per relayed chunk and the functions that take the most samples (own time and
 inclusive). Raw collapsed stacks go to bench/.work/profile-c<N>.txt (not committed).
 
-    python bench/profile_proxy.py --concurrency 50 200 --duration-s 8
+    python -m bench.profile_proxy --concurrency 50 200 --duration-s 8
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-from proxy import BENCH, WORK, free_port, post, run_cell, start, start_clip_proxy, write_bodies
+from bench.proxy import (
+    BENCH,
+    WORK,
+    free_port,
+    post,
+    run_cell,
+    start,
+    start_clip_proxy,
+    write_bodies,
+)
 
 
 def summarize(collapsed: str, top: int) -> None:

@@ -15,8 +15,8 @@ concurrency 1, 50 and 200, plus non-streamed text at concurrency 50. For each pa
 reports time to first chunk, chunks/s per request, the upstream-send -> client-receive gap
 per chunk, and the proxy's CPU time; added latency and throughput are relative to direct.
 
-    python bench/proxy.py                      # writes bench/results/proxy.{json,md,png}
-    python bench/proxy.py --skip-litellm --duration-s 3
+    python -m bench.proxy                      # writes bench/results/proxy.{json,md,png}
+    python -m bench.proxy --skip-litellm --duration-s 3
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from proxy_report import write_markdown, write_plot
+
+from bench.proxy_report import write_markdown, write_plot
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

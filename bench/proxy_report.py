@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,8 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
     cells: Cells = results["cells"]
     streams = [key for key in cells if not key.startswith("text-json")]
     paths = [name for name in results["paths"] if name != "direct"]
-    panels = [
+    Panel = tuple[str, Callable[[dict[str, Any]], float | None], list[str]]
+    panels: list[Panel] = [
         ("added TTFC p50 (ms)", lambda c: c["vs_direct"]["added_ttfc_ms_p50"], paths),
         ("added TTFC p99 (ms)", lambda c: c["vs_direct"]["added_ttfc_ms_p99"], paths),
         (

@@ -66,7 +66,7 @@ def image_urls() -> list[str]:
 def body(kind: str, stream: bool, urls: list[str], rng: random.Random) -> dict[str, Any]:
     content: Any = "hello"
     if kind == "image":
-        parts = [{"type": "text", "text": "what is this?"}]
+        parts: list[dict[str, Any]] = [{"type": "text", "text": "what is this?"}]
         for url in rng.sample(urls, rng.choice([1, 1, 2])):
             parts.append({"type": "image_url", "image_url": {"url": url}})
         content = parts

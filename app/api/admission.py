@@ -6,7 +6,7 @@ and disconnects still reach the route. Past `max_in_flight`, or once draining ha
 client (or load balancer) retries elsewhere instead of queueing behind work that cannot
 finish in time. Health and metrics are never shed.
 
-    admission = Admission(max_in_flight=256)
+    admission = Admission(max_in_flight=256, on_refused=lambda reason: counter.inc())
     app.add_middleware(AdmissionMiddleware, admission=admission)
     admission.begin_draining()       # on SIGTERM: /readyz 503, new requests 503
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.responses import error_response
+from app.api.errors import error_response
 from app.errors import Overloaded
 
 SHED_PREFIX = "/v1/"
@@ -26,12 +26,14 @@ SHED_PREFIX = "/v1/"
 class Admission:
     """The count of requests in flight and the draining flag of one process."""
 
-    def __init__(self, max_in_flight: int = 0) -> None:
+    def __init__(
+        self, max_in_flight: int = 0, *, on_refused: Callable[[str], None] | None = None
+    ) -> None:
         self.max_in_flight = max_in_flight  # 0: no limit
         self.in_flight = 0
         self.draining = False
-        # Set by the lifespan once metrics exist: counts refusals by reason.
-        self.on_refused: Callable[[str], None] = lambda reason: None
+        # Told the reason of each refusal (`draining`, `overloaded`): the metrics count them.
+        self.on_refused: Callable[[str], None] = on_refused or _ignore
 
     def begin_draining(self) -> None:
         self.draining = True
@@ -50,6 +52,10 @@ class Admission:
                 retry_after_s=1,
             )
         return None
+
+
+def _ignore(reason: str) -> None:
+    pass
 
 
 class AdmissionMiddleware:

@@ -6,7 +6,7 @@ early exit, so the time taken says nothing about how much of a key was right. He
 endpoints stay open (load balancers call them without keys); `/metrics` is protected when
 `CLIP_PROXY_METRICS_REQUIRE_AUTH` is set. No key, good or bad, is ever logged.
 
-    app.add_middleware(ClientAuthMiddleware, keys=load_client_keys(settings.api_keys, path))
+    app.add_middleware(ClientAuthMiddleware, keys=key_digests(settings.client_keys))
 """
 
 from __future__ import annotations
@@ -14,32 +14,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
-from pathlib import Path
 
-from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.responses import error_response
+from app.api.errors import error_response
 from app.errors import Unauthorized
 
 PROTECTED_PREFIX = "/v1/"
 METRICS_PATH = "/metrics"
 
 
-def client_keys(keys: Iterable[SecretStr], keys_file: Path | None) -> list[str]:
-    """Every client key: from the setting and from a file of one key per line."""
-    values = [key.get_secret_value() for key in keys]
-    if keys_file is not None:
-        for line in keys_file.read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                values.append(line)
-    return [value for value in values if value]
-
-
-def load_client_keys(keys: Iterable[SecretStr], keys_file: Path | None) -> list[bytes]:
-    """Digests of every client key (`client_keys`)."""
-    return [_digest(value) for value in client_keys(keys, keys_file)]
+def key_digests(keys: Iterable[str]) -> list[bytes]:
+    """What the middleware compares against: the SHA-256 digest of each client key."""
+    return [_digest(key) for key in keys]
 
 
 def _digest(key: str) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.responses import error_response
+from app.api.errors import error_response
 from app.errors import PayloadTooLarge
 
 

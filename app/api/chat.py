@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from app.api.deps import state_of
+from app.api.deps import services_of
 from app.api.disconnect import ClientDisconnected, unless_disconnected
+from app.api.json_response import JsonResponse
 from app.api.openapi import request_body_schema
 from app.api.relay import RelayResponse
 from app.api.request_body import read_chat_request
@@ -29,30 +30,24 @@ CLIENT_CLOSED = 499
     openapi_extra=request_body_schema(ChatCompletionRequest),
 )
 async def chat_completions(request: Request) -> Response:
-    state = state_of(request)
-    limits = state.settings
-    chat, uploads = await read_chat_request(
-        request,
-        max_images=limits.max_images_per_request,
-        max_image_bytes=limits.max_image_bytes,
-        max_body_bytes=limits.max_body_bytes,
-    )
+    service = services_of(request).chat
+    chat, uploads = await read_chat_request(request, service.limits)
     dry_run = request.headers.get(DRY_RUN_HEADER, "").lower() in ("1", "true", "yes")
     try:
         # Until the upstream answers, nothing watches the client: this does.
         outcome = await unless_disconnected(
-            request.receive, state.chat.complete(chat, uploads, dry_run=dry_run)
+            request.receive, service.complete(chat, uploads, dry_run=dry_run)
         )
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED)
     if isinstance(outcome, DryRun):
-        return JSONResponse(outcome.body)
+        return JsonResponse(outcome.body)
     if isinstance(outcome, JsonReply):
         return Response(outcome.body, outcome.status_code, media_type=outcome.media_type)
     return RelayResponse(
         outcome.chunks,
         close=outcome.close,
-        ping_interval_s=limits.ping_interval,
+        ping_interval_s=service.ping_interval_s,
         media_type=outcome.media_type,
         headers=STREAM_HEADERS,
     )

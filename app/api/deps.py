@@ -1,4 +1,11 @@
-"""Access to the per-app components the lifespan built."""
+"""What the routes reach: the services, and nothing under them.
+
+The composition root (`app/main.py`) builds them once per process, in the lifespan, and
+keeps them on `app.state.services`; a route asks for them here:
+
+    services = services_of(request)
+    outcome = await services.chat.complete(chat, uploads)
+"""
 
 from __future__ import annotations
 
@@ -6,31 +13,20 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from app.cache import EmbeddingCache
-from app.config import Settings
 from app.embeddings_service import EmbeddingsService
-from app.image_pipeline import ImagePipeline
-from app.metrics import Metrics
-from app.safe_fetch import SafeFetcher
+from app.health_service import HealthService
+from app.models_service import ModelsService
 from app.service import ChatService
-from app.text_pipeline import TextPipeline
-from app.upstream import UpstreamClient
 
 
-@dataclass
-class AppState:
-    settings: Settings
-    metrics: Metrics
-    images: ImagePipeline
-    fetcher: SafeFetcher
-    upstream: UpstreamClient
+@dataclass(frozen=True)
+class Services:
     chat: ChatService
-    # Feature cache, text tower and embeddings (issue #6)
-    cache: EmbeddingCache
-    texts: TextPipeline
     embeddings: EmbeddingsService
+    models: ModelsService
+    health: HealthService
 
 
-def state_of(request: Request) -> AppState:
-    state: AppState = request.app.state.clip_proxy
-    return state
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services

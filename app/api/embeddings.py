@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
-from pydantic import ValidationError
 
-from app.api.deps import state_of
-from app.api.request_body import parse_json
-from app.errors import InvalidRequest
-from app.protocol import EmbeddingRequest, validation_param
+from app.api.deps import services_of
+from app.api.json_response import JsonResponse
+from app.api.request_body import read_json_request
+from app.protocol import EmbeddingRequest
 
 router = APIRouter()
 
 
 @router.post("/v1/embeddings", response_model=None)
-async def embeddings(request: Request) -> Response:
-    raw = parse_json(await request.body())
-    if not isinstance(raw, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    try:
-        parsed = EmbeddingRequest.model_validate(raw)
-    except ValidationError as exc:
-        message, param = validation_param(exc)
-        raise InvalidRequest(message, param=param) from exc
-    body = await state_of(request).embeddings.create(parsed)
-    return Response(orjson.dumps(body), media_type="application/json")
+async def embeddings(request: Request) -> JsonResponse:
+    parsed = await read_json_request(request, EmbeddingRequest)
+    return JsonResponse(await services_of(request).embeddings.create(parsed))

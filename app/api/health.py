@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from app.api.deps import state_of
-from app.api.responses import error_response
+from app.api.deps import services_of
+from app.api.errors import error_response
+from app.api.json_response import JsonResponse
 from app.errors import Overloaded
 from app.metrics import CONTENT_TYPE
 
@@ -20,22 +21,16 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> JsonResponse:
     """Ready for traffic: the encoder is loaded and warm, and the process is not draining."""
-    state = state_of(request)
-    if request.app.state.admission.draining:
-        return error_response(
-            Overloaded("the server is shutting down", retry_after_s=1, code="draining"),
-            counted=False,
-        )
-    if not state.images.ready:
-        return error_response(
-            Overloaded("the image encoder is not ready", retry_after_s=5, code="not_ready"),
-            counted=False,
-        )
-    return JSONResponse({"status": "ready", "devices": state.images.devices})
+    try:
+        devices = services_of(request).health.ready_devices()
+    except Overloaded as not_ready:
+        # A probe's answer, not a client's failure: not counted in clip_proxy_errors_total.
+        return error_response(not_ready, counted=False)
+    return JsonResponse({"status": "ready", "devices": devices})
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(state_of(request).metrics.render(), media_type=CONTENT_TYPE)
+    return Response(services_of(request).health.metrics_text(), media_type=CONTENT_TYPE)

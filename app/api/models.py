@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.deps import state_of
+from app.api.deps import services_of
 
 router = APIRouter()
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
-    reply = await state_of(request).upstream.open("GET", "/models")
-    return Response(await reply.read(), reply.status_code, media_type=reply.media_type)
+    reply = await services_of(request).models.list_models()
+    return Response(reply.body, reply.status_code, media_type=reply.media_type)

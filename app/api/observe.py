@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body
+from app.api.errors import internal_error_response
 from app.metrics import Metrics, status_class
 from app.request_context import RequestRecord, bound, new_request_id
 
@@ -65,7 +64,7 @@ class RequestObserver:
                 if status:
                     raise  # mid-response: nothing left to do but drop the connection
                 status = 500
-                await _answer_internal_error(record.request_id, send)
+                await internal_error_response(record.request_id)(scope, receive, send)
             finally:
                 if not quiet:
                     self.metrics.requests_in_flight.dec()
@@ -106,18 +105,3 @@ def _route_of(scope: Scope) -> str:
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"
 
-
-async def _answer_internal_error(request_id: str, send: Send) -> None:
-    body = orjson.dumps(error_body("internal error in clip-proxy", "server_error"))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 500,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

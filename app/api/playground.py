@@ -18,11 +18,10 @@ from __future__ import annotations
 
 from importlib import resources
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi import APIRouter
+from fastapi.responses import RedirectResponse, Response
 
-from app.api.auth import client_keys
-from app.api.deps import state_of
+from app.api.json_response import JsonResponse
 
 PAGE_PATH = "/playground"
 
@@ -60,8 +59,9 @@ def _read_assets() -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in _ASSETS}
 
 
-def playground_router(enabled: bool) -> APIRouter:
-    """The playground's routes; none at all when `enabled` is false."""
+def playground_router(enabled: bool, *, auth_required: bool, prompt_format: str) -> APIRouter:
+    """The playground's routes; none at all when `enabled` is false. `auth_required` and
+    `prompt_format` are what the page learns from `config.json` before its first request."""
     router = APIRouter(include_in_schema=False)
     if not enabled:
         return router
@@ -87,12 +87,10 @@ def playground_router(enabled: bool) -> APIRouter:
         return asset("playground.css")
 
     @router.get(PAGE_PATH + "/config.json")
-    async def config(request: Request) -> JSONResponse:
+    async def config() -> JsonResponse:
         """What the page needs before the first request: whether to ask for a key, and the
         prompt format it gets when it asks for none."""
-        settings = state_of(request).settings
-        keys = client_keys(settings.api_keys, settings.api_keys_file)
-        body = {"auth_required": bool(keys), "prompt_format": settings.prompt_format.value}
-        return JSONResponse(body, headers=SECURITY_HEADERS)
+        body = {"auth_required": auth_required, "prompt_format": prompt_format}
+        return JsonResponse(body, headers=SECURITY_HEADERS)
 
     return router

@@ -1,5 +1,9 @@
-"""Read a chat request from the wire: JSON, or a form (multipart/form-data with image
-uploads, or urlencoded as `curl -d` sends it).
+"""Read a request from the wire and validate it against its model, one way for every route:
+JSON for all of them, and for chat also a form (multipart/form-data with image uploads, or
+urlencoded as `curl -d` sends it).
+
+    embedding = await read_json_request(request, EmbeddingRequest)
+    chat, uploads = await read_chat_request(request, services.chat.limits)
 
 Multipart fields: `model`, `prompt` or `messages` (JSON), `stream`, any other request field
 as a JSON value (plain text if it is not JSON), and one or more files in `image`:
@@ -9,10 +13,10 @@ as a JSON value (plain text if it is not JSON), and one or more files in `image`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
@@ -20,19 +24,29 @@ from starlette.requests import Request
 from app.errors import InvalidRequest, PayloadTooLarge, TooManyImages
 from app.ingest import ImageSource, SourceKind
 from app.protocol import ChatCompletionRequest, validation_param
+from app.service import ChatLimits
 
 IMAGE_FIELD = "image"
 
+Model = TypeVar("Model", bound=BaseModel)
+
+
+async def read_json_request(request: Request, model: type[Model]) -> Model:
+    """A JSON body, parsed and validated; `InvalidRequest` naming the field otherwise."""
+    return validate_body(parse_json(await request.body()), model)
+
 
 async def read_chat_request(
-    request: Request, *, max_images: int, max_image_bytes: int, max_body_bytes: int
+    request: Request, limits: ChatLimits
 ) -> tuple[ChatCompletionRequest, list[ImageSource]]:
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        raw, uploads = await _read_multipart(request, max_images, max_image_bytes, max_body_bytes)
+        raw, uploads = await _read_multipart(
+            request, limits.max_images, limits.max_image_bytes, limits.max_body_bytes
+        )
     else:
         raw, uploads = parse_json(await request.body()), []
-    return validate_chat(raw), uploads
+    return validate_body(raw, ChatCompletionRequest), uploads
 
 
 # Deeper than any chat request needs, and well under orjson's limit (255) for writing the
@@ -67,11 +81,12 @@ def too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-def validate_chat(raw: Any) -> ChatCompletionRequest:
+def validate_body(raw: Any, model: type[Model]) -> Model:
+    """The one validator of request bodies: a JSON object that `model` accepts."""
     if not isinstance(raw, dict):
         raise InvalidRequest("the request body must be a JSON object")
     try:
-        return ChatCompletionRequest.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         message, param = validation_param(exc)
         raise InvalidRequest(message, param=param) from exc

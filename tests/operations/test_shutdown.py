@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -34,7 +35,7 @@ def stream_to_the_end(url: str) -> list[str]:
 
 
 @pytest.fixture
-def served(test_model_dir: Path, upstream: FakeUpstream) -> subprocess.Popen[bytes]:
+def served(test_model_dir: Path, upstream: FakeUpstream) -> Iterator[subprocess.Popen[bytes]]:
     port = free_port()
     env = os.environ | {
         "CLIP_PROXY_UPSTREAM_BASE_URL": upstream.base_url,

@@ -10,11 +10,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.helpers import ProxyServer, metric_value
 from tests.upstream_server import FakeUpstream
 
-HELLO = [{"role": "user", "content": "hello"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 UPSTREAM_KEY = "sk-upstream-secret"  # what conftest's proxy_settings configures
 
 

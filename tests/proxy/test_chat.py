@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionUserMessageParam
 
 from tests.helpers import DATA, PHOTOS, ProxyServer, cosine, data_url, parse_vector
 from tests.upstream_server import FakeUpstream, Reply
@@ -24,8 +25,8 @@ def sdk(proxy: ProxyServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=proxy.url + "/v1", api_key="client-key", max_retries=0)
 
 
-def image_message(text: str, *photos: str) -> dict[str, object]:
-    parts: list[dict[str, object]] = [{"type": "text", "text": text}]
+def image_message(text: str, *photos: str) -> ChatCompletionUserMessageParam:
+    parts: list[ChatCompletionContentPartParam] = [{"type": "text", "text": text}]
     parts += [{"type": "image_url", "image_url": {"url": data_url(DATA / p)}} for p in photos]
     return {"role": "user", "content": parts}
 
@@ -33,7 +34,7 @@ def image_message(text: str, *photos: str) -> dict[str, object]:
 def test_sdk_stream_relays_reasoning_and_answer(proxy: ProxyServer, upstream: FakeUpstream) -> None:
     stream = sdk(proxy).chat.completions.create(
         model="deepseek-r1",
-        messages=[image_message("What is in this picture?", "chelsea.png")],  # type: ignore[list-item]
+        messages=[image_message("What is in this picture?", "chelsea.png")],
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -61,7 +62,7 @@ def test_sdk_stream_relays_reasoning_and_answer(proxy: ProxyServer, upstream: Fa
 def test_sdk_non_stream_returns_upstream_json(proxy: ProxyServer, upstream: FakeUpstream) -> None:
     reply = sdk(proxy).chat.completions.create(
         model="deepseek-r1",
-        messages=[image_message("Describe it", "coffee.png")],  # type: ignore[list-item]
+        messages=[image_message("Describe it", "coffee.png")],
     )
     assert reply.choices[0].message.content == "A cat on a sofa."
     assert reply.choices[0].message.reasoning_content == "The user sent a cat."  # type: ignore[attr-defined]

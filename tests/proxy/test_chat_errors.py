@@ -8,13 +8,15 @@ import base64
 import io
 import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from PIL import Image
 
-from tests.helpers import DATA, ProxyServer, data_url, free_port
+from tests.helpers import DATA, ProxyServer, data_url, free_port, proxy_settings
 from tests.upstream_server import FakeUpstream, Reply
 
 CHAT = "/v1/chat/completions"
@@ -27,7 +29,7 @@ def gif(frames: int) -> bytes:
     return buffer.getvalue()
 
 
-def with_image(url: str) -> dict[str, object]:
+def with_image(url: str) -> dict[str, Any]:
     return {
         "messages": [
             {
@@ -145,7 +147,7 @@ def test_bad_images_are_400_and_name_the_part(
 
 def test_one_bad_image_fails_its_request_only(proxy: ProxyServer) -> None:
     body = with_image(data_url(PNG))
-    body["messages"][0]["content"].append(  # type: ignore[index]
+    body["messages"][0]["content"].append(
         {"type": "image_url", "image_url": {"url": data_url(PNG[:3000])}}
     )
     response = httpx.post(proxy.url + CHAT, json=body)
@@ -156,7 +158,7 @@ def test_limits(start_proxy: Callable[..., ProxyServer]) -> None:
     proxy = start_proxy(max_images_per_request=2, max_image_bytes=100_000, max_body_bytes=500_000)
     three = with_image(data_url(PNG[:10]))
     three["messages"][0]["content"] += (
-        [  # type: ignore[index]
+        [
             {"type": "image_url", "image_url": {"url": data_url(PNG[:10])}}
         ]
         * 2
@@ -200,9 +202,78 @@ def test_multipart_errors(proxy: ProxyServer) -> None:
     assert_openai_error(broken, 400, "image[0]")
 
 
+def test_a_client_written_upload_url_does_not_bind_to_an_upload(
+    proxy: ProxyServer, upstream: FakeUpstream
+) -> None:
+    """Uploads travel as the proxy's own typed parts: `upload:0` written by a client is a URL
+    like any other (and refused as one, where it stands), never the first uploaded image
+    encoded and counted a second time."""
+    history: list[dict[str, Any]] = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "earlier"},
+                {"type": "image_url", "image_url": {"url": "upload:0"}},
+            ],
+        },
+        {"role": "assistant", "content": "a camera"},
+        {"role": "user", "content": "and now?"},
+    ]
+    response = httpx.post(
+        proxy.url + CHAT,
+        data={"messages": json.dumps(history)},
+        files=[("image", ("a.png", PNG))],
+        headers={"X-Clip-Proxy-Dry-Run": "true"},
+    )
+    error = assert_openai_error(response, 400, "messages[0].content[1].image_url")
+    assert error["code"] == "forbidden_url"
+    assert upstream.requests == []
+    # The upload alone still joins the last user message, once.
+    history[0]["content"] = "earlier"
+    alone = httpx.post(
+        proxy.url + CHAT,
+        data={"messages": json.dumps(history)},
+        files=[("image", ("a.png", PNG))],
+        headers={"X-Clip-Proxy-Dry-Run": "true"},
+    )
+    assert alone.status_code == 200, alone.text
+    sent = alone.json()["messages"]
+    assert sent[0]["content"] == "earlier"
+    assert sent[2]["content"].startswith("and now?\n<image>")
+    assert "<image>" not in json.dumps(sent[:2]) and "retain_image_emb" not in alone.text
+
+
 def test_unknown_route_and_method_are_openai_shaped(proxy: ProxyServer) -> None:
     assert_openai_error(httpx.get(proxy.url + "/v1/nothing"), 404, None)
     assert_openai_error(httpx.get(proxy.url + CHAT), 405, None)
+
+
+def test_a_bug_answers_500_in_openai_shape_with_its_request_id(
+    test_model_dir: Path, upstream: FakeUpstream
+) -> None:
+    """An exception no handler knows (a bug) still leaves as OpenAI's error, quoting nothing
+    of the exception, with the request id a user can report."""
+    server = ProxyServer(proxy_settings(test_model_dir, upstream.base_url))
+
+    async def broken() -> None:
+        raise RuntimeError("bug holding sk-upstream-secret")
+
+    server.app.add_api_route("/v1/broken", broken)
+    server.start(wait_ready=False)
+    try:
+        response = httpx.get(server.url + "/v1/broken", headers={"X-Request-ID": "bug-7"})
+        error = assert_openai_error(response, 500, None)
+        assert error == {
+            "message": "internal error in clip-proxy",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+        assert response.headers["x-request-id"] == response.json()["request_id"] == "bug-7"
+        assert "sk-upstream-secret" not in response.text
+        assert httpx.get(server.url + "/healthz").status_code == 200  # and it goes on
+    finally:
+        server.stop()
 
 
 TEXT = {"messages": [{"role": "user", "content": "hi"}]}

@@ -120,12 +120,13 @@ def test_after_disconnects_the_proxy_still_serves(
 def slow_model_dir(test_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test checkpoint with a bigger vision tower: slow enough on a CPU (a few images a
     second) that images are still queued when the client leaves."""
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
     directory = tmp_path_factory.mktemp("slow") / "model"
     shutil.copytree(test_model_dir, directory)
     config = CLIPConfig.from_pretrained(test_model_dir)
     vision = config.vision_config
+    assert isinstance(vision, CLIPVisionConfig)
     vision.hidden_size, vision.intermediate_size = 512, 2048
     vision.num_hidden_layers, vision.num_attention_heads = 8, 8
     CLIPModel(config).save_pretrained(directory)

@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
-from app.main import refuse_worker_processes
+from app.lifecycle import refuse_worker_processes
 from app.metrics import Metrics
 from tests.helpers import (
     DATA,
@@ -63,7 +64,7 @@ STAGE_METRICS = [
 ]
 
 
-def image_message(name: str | None = None) -> list[dict[str, object]]:
+def image_message(name: str | None = None) -> list[ChatCompletionMessageParam]:
     """One user message with a photo, or by default an image the cache has never seen."""
     url = data_url(DATA / name) if name else data_url(unique_png())
     return [
@@ -118,7 +119,7 @@ def test_streamed_image_request_is_measured_at_every_stage(
     stream = sdk(proxy).chat.completions.create(
         model="deepseek-r1",
         messages=image_message(),
-        stream=True,  # type: ignore[arg-type]
+        stream=True,
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text == "A cat on a sofa."

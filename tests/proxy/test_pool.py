@@ -191,7 +191,10 @@ def poisoned(pixels: Pixels) -> Pixels:
 
 
 async def encode_all(pool: EncoderPool, images: list[Pixels]) -> list[Any]:
-    return await asyncio.gather(*(pool.encode(p) for p in images), return_exceptions=True)
+    results: list[Any] = await asyncio.gather(
+        *(pool.encode(p) for p in images), return_exceptions=True
+    )
+    return results
 
 
 # Through the real proxy

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.helpers import ProxyServer, free_port, proxy_settings
 from tests.upstream_server import FakeUpstream, Reply
@@ -25,7 +26,7 @@ RATE_LIMITED = {
     "error": {"message": "slow down", "type": "rate_limit", "param": None, "code": "429"}
 }
 UNAVAILABLE = {"error": {"message": "busy", "type": "server_error", "param": None, "code": "503"}}
-HELLO = [{"role": "user", "content": "hello"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -61,7 +62,19 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_bad_values_are_refused(field: str, value: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
-        Settings(**{field: value})
+        overrides: dict[str, Any] = {field: value}
+        Settings(**overrides)
+
+
+def test_client_keys_are_read_once_when_the_settings_are_built(tmp_path: Path) -> None:
+    """Auth and the log redactor share one reading of API_KEYS and API_KEYS_FILE."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# clients\nkey-from-file\n\n  key-two  \n")
+    settings = Settings(api_keys="key-from-env, ", api_keys_file=keys)
+    keys.unlink()  # read already: nothing reads the file again
+    assert settings.client_keys == ["key-from-env", "key-from-file", "key-two"]
+    assert "key-from-file" not in repr(settings) and "key-from-file" not in str(settings)
+    assert Settings(api_keys="", api_keys_file=None).client_keys == []
 
 
 def test_serve_refuses_bad_configuration_with_a_clear_message() -> None:

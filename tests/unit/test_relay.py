@@ -32,6 +32,6 @@ async def test_upstream_is_closed_when_the_client_left_before_the_first_chunk() 
     response = RelayResponse(
         chunks(), close=close, ping_interval_s=0, media_type="text/event-stream"
     )
-    await response(scope, receive, send)  # type: ignore[arg-type]
+    await response(scope, receive, send)
     assert started == []  # the body loop never pulled a chunk...
     assert closed == [True]  # ...and the upstream response was released all the same

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
-from app.protocol import PromptFormat
+from app.protocol import PromptFormat, UploadedImagePart
 from app.rewrite import ImageFacts, format_vector, rewrite_messages
 
 
@@ -16,7 +17,7 @@ def test_format_vector_writes_fixed_decimals() -> None:
     assert format_vector(vector, 3) == "0.123,-0.500,0.000,-0.000"
 
 
-MESSAGES = [
+MESSAGES: list[dict[str, Any]] = [
     {"role": "system", "content": "sys"},
     {
         "role": "user",
@@ -70,7 +71,7 @@ def test_content_part_format_byte_for_byte() -> None:
         **embedding,
         "image_embedding": {"embedding": "-0.300000,0.400000", "format": "clip_vector_v1"},
     }
-    assert out[3]["content"][1:] == MESSAGES[3]["content"][1:]  # type: ignore[index]
+    assert out[3]["content"][1:] == MESSAGES[3]["content"][1:]
     assert out[2] == {"role": "assistant", "content": "a cat", "name": "bot"}
 
 
@@ -87,3 +88,16 @@ def test_text_only_list_content_becomes_one_string() -> None:
     assert rewrite_messages(messages, {}, PromptFormat.inline) == [
         {"role": "user", "content": "a\nb"}
     ]
+
+
+def test_an_uploaded_image_part_is_rewritten_as_any_image() -> None:
+    """The proxy's own part for an upload leaves exactly as a client's `image_url` would."""
+    uploaded: list[dict[str, Any]] = [
+        {**message, "content": [UploadedImagePart(0), *message["content"][1:]]}
+        if index == 3
+        else message
+        for index, message in enumerate(MESSAGES)
+    ]
+    for prompt_format in PromptFormat:
+        expected = rewrite_messages(MESSAGES, VECTORS, prompt_format)
+        assert rewrite_messages(uploaded, VECTORS, prompt_format) == expected
