@@ -2,9 +2,12 @@
 
     app = create_app(Settings(upstream_base_url="http://127.0.0.1:9000/v1"))
 
-The lifespan opens the shared HTTP clients and starts loading the encoder in the
-background: the server answers `/healthz` at once and `/readyz` turns 200 once every
-encoder worker is loaded and warm.
+The lifespan opens the shared HTTP clients (and, with `UPSTREAM_BASE_URL=echo`, starts the
+embedded echo upstream) and starts loading the encoder in the background: the server
+answers `/healthz` at once and `/readyz` turns 200 once every encoder worker is loaded and
+warm, when one `ready` line is logged. A model that cannot be loaded is logged as one
+message with the ways out, and `app.state.startup.failure` holds it: `clip-proxy serve`
+then exits non-zero, while an app under test stays up with `/readyz` at 503.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import multiprocessing
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -34,10 +39,12 @@ from app.api.observe import RequestObserver
 from app.api.responses import error_response
 from app.cache import EmbeddingCache, build_backends, namespace_of
 from app.config import Settings
+from app.echo_upstream import EchoUpstream
 from app.embeddings_service import EmbeddingsOptions, EmbeddingsService
 from app.encoder.clip import ClipImageEncoder, gpu_memory, load_encoders
 from app.encoder.pool import BatchReport, EncoderPool, PoolEvents
 from app.encoder.preprocess import PREPROCESS_VERSION
+from app.encoder.source import check_model_source, describe_load_failure
 from app.encoder.text import ClipTextEncoder, load_logit_scale, model_identity
 from app.errors import ProxyError, error_body
 from app.image_pipeline import ImagePipeline
@@ -54,6 +61,13 @@ from app.upstream import RetryPolicy, UpstreamClient
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class Startup:
+    """How start-up went: `failure` is the message when the model could not be loaded."""
+
+    failure: str | None = None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics(gpu_memory=gpu_memory)
@@ -61,11 +75,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         refuse_worker_processes()
-        state = build_state(settings, metrics)
+        echo: EchoUpstream | None = None
+        upstream_url = settings.upstream_base_url
+        if settings.echo_upstream:
+            echo = EchoUpstream(settings.default_model)
+            upstream_url = await asyncio.to_thread(echo.start)
+        state = build_state(settings, metrics, upstream_url=upstream_url)
         app.state.clip_proxy = state
         refused = state.metrics.requests_refused
         app.state.admission.on_refused = lambda reason: refused.labels(reason=reason).inc()
-        loader = asyncio.create_task(start_encoders(settings, state))
+        loader = asyncio.create_task(
+            start_encoders(settings, state, app.state.startup, upstream_url)
+        )
         try:
             yield
         finally:
@@ -79,6 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.cache.aclose()
             await state.upstream.aclose()
             await state.fetcher.aclose()
+            if echo is not None:
+                await asyncio.to_thread(echo.stop)
 
     app = FastAPI(title="clip-proxy", version="0.1.0", lifespan=lifespan)
     app.include_router(chat.router)
@@ -90,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # `app.state.admission` exists before the lifespan runs: the CLI's SIGTERM handler and
     # /readyz read its draining flag.
     app.state.admission = Admission(settings.max_in_flight)
+    app.state.startup = Startup()
     app.add_middleware(AdmissionMiddleware, admission=app.state.admission)
     app.add_middleware(
         ClientAuthMiddleware,
@@ -123,7 +147,11 @@ def refuse_worker_processes() -> None:
         )
 
 
-def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
+def build_state(
+    settings: Settings, metrics: Metrics | None = None, *, upstream_url: str | None = None
+) -> AppState:
+    """Every component of one process; `upstream_url` stands in for the setting (the
+    echo upstream's address once it runs)."""
     metrics = metrics or Metrics(gpu_memory=gpu_memory)
     fetcher = SafeFetcher(
         FetchPolicy(
@@ -153,7 +181,7 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
     )
     texts = TextPipeline()
     upstream = UpstreamClient(
-        settings.upstream_base_url,
+        upstream_url or settings.upstream_base_url,
         settings.upstream_api_key.get_secret_value(),
         connect_timeout_s=settings.upstream_connect_timeout_s,
         read_timeout_s=settings.upstream_read_timeout_s,
@@ -170,6 +198,7 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
             else None
         ),
         on_retry=lambda reason: metrics.upstream_retries.labels(reason=reason).inc(),
+        forward_headers=settings.forward_headers,
     )
     options = ChatOptions(
         default_model=settings.default_model,
@@ -177,6 +206,7 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
         decimals=settings.embedding_decimals,
         max_images=settings.max_images_per_request,
         templates=settings.templates(),
+        send_image_sizes=settings.echo_upstream,
     )
     embeddings_options = EmbeddingsOptions(
         model_name=settings.clip_model,
@@ -196,14 +226,19 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
     )
 
 
-async def start_encoders(settings: Settings, state: AppState) -> None:
+async def start_encoders(
+    settings: Settings, state: AppState, startup: Startup | None = None, upstream_url: str = ""
+) -> None:
     """Load one model copy per device off the event loop; the pool warms each worker.
 
-    `/readyz` turns 200 once every worker is warm (the pool's `ready`). Any failure on the
-    way is logged and leaves `/readyz` at 503: this runs as a background task, whose
-    exception would otherwise surface only as "Task exception was never retrieved".
+    `/readyz` turns 200 once every worker is warm (the pool's `ready`), and one `ready`
+    line is logged. A model that does not load is one ERROR line naming the setting and
+    the ways out, noted in `startup.failure`, and `/readyz` stays 503: this runs as a
+    background task, whose exception would otherwise surface only as "Task exception was
+    never retrieved".
     """
     try:
+        await asyncio.to_thread(check_model_source, settings.clip_model)
         encoders = await asyncio.to_thread(
             load_encoders,
             settings.clip_model,
@@ -215,8 +250,12 @@ async def start_encoders(settings: Settings, state: AppState) -> None:
         )
         if not await start_text_side(settings, state, encoders[0]):
             return
-    except Exception:
-        logger.exception("could not load the CLIP encoder; /readyz stays 503")
+    except Exception as exc:
+        message = describe_load_failure(settings.clip_model, str(exc) or type(exc).__name__)
+        logger.debug("the model's load failure in full", exc_info=True)
+        logger.error(message)
+        if startup is not None:
+            startup.failure = message
         return
     pool = EncoderPool(
         encoders,
@@ -232,6 +271,28 @@ async def start_encoders(settings: Settings, state: AppState) -> None:
     state.images.attach(pool)
     logger.info("encoder loaded; warming up", extra={"devices": pool.devices})
     freeze_startup_objects()
+    # The pool warms each worker in its own thread; one waiting thread here, not a poll.
+    while not await asyncio.to_thread(pool.wait_ready, 5.0):
+        pass
+    logger.info(
+        "ready",
+        extra={
+            "model": settings.clip_model,
+            "device": pool.devices,
+            "dtype": str(encoders[0].dtype).removeprefix("torch."),
+            "workers": len(pool.devices),
+            "upstream": describe_upstream(settings, upstream_url),
+        },
+    )
+
+
+def describe_upstream(settings: Settings, upstream_url: str) -> str:
+    """The upstream for a log line: no key, no password in the URL."""
+    url = upstream_url or settings.upstream_base_url
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return f"echo (embedded, {url})" if settings.echo_upstream else url
 
 
 def freeze_startup_objects() -> None:

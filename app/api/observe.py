@@ -40,7 +40,9 @@ class RequestObserver:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        record = RequestRecord.start(new_request_id(_header(scope, REQUEST_ID_HEADER)))
+        record = RequestRecord.start(
+            new_request_id(_header(scope, REQUEST_ID_HEADER)), scope["headers"]
+        )
         quiet = scope["path"] in QUIET_PATHS
         status = 0
 
