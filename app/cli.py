@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument(
         "--host",
         default=DEFAULT_HOST,
-        help="address to listen on: 0.0.0.0 (or ::) for every interface, as in a container",
+        help="address to listen on: 0.0.0.0 (IPv4) or :: (IPv6 and IPv4) for every "
+        "interface, as in a container; ::1 or [::1] for IPv6 loopback",
     )
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument(
@@ -106,9 +108,22 @@ def _serve(host: str, port: int, *, echo: bool = False) -> int:
         drain_delay_s=settings.drain_delay_s,
         startup=app.state.startup,
     )
-    server.run()
+    sockets = None
+    if host == "::":
+        sockets = [_dual_stack_socket(port)]
+        # uvicorn names the address only for sockets it opened itself.
+        logging.getLogger("app.cli").info(
+            "listening on every interface, IPv6 and IPv4", extra={"host": host, "port": port}
+        )
+    server.run(sockets=sockets)
     # The failure was logged as it happened, with the ways out; only the status is left.
     return EXIT_MODEL_UNAVAILABLE if app.state.startup.failure else 0
+
+
+def _dual_stack_socket(port: int) -> socket.socket:
+    """`::` as operators mean it, every interface, IPv4 included: asyncio would bind it
+    IPv6-only."""
+    return socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
 
 
 def _is_loopback(host: str) -> bool:
