@@ -130,13 +130,15 @@ def text_inputs(value: str | list[str] | list[int] | list[list[int]]) -> list[st
     """The input as strings; token arrays are refused with the way out."""
     if isinstance(value, str):
         return [value]
-    if all(isinstance(item, str) for item in value):
-        return [item for item in value if isinstance(item, str)]
+    strings = [item for item in value if isinstance(item, str)]
+    if len(strings) == len(value):
+        return strings
+    first = next(index for index, item in enumerate(value) if not isinstance(item, str))
     raise InvalidRequest(
         "'input' holds token ids; clip-proxy needs the text itself (CLIP has its own "
         "tokenizer), or data URLs / image URLs. LangChain's OpenAIEmbeddings sends token ids "
         "by default: create it with check_embedding_ctx_length=False",
-        param="input",
+        param=f"input[{first}]",
         code="token_input_unsupported",
     )
 

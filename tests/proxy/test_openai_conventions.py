@@ -81,7 +81,7 @@ def test_token_arrays_are_refused_with_the_langchain_way_out(
     reply = httpx.post(proxy.url + "/v1/embeddings", json={"input": tokens}, timeout=10)
     assert reply.status_code == 400
     error = reply.json()["error"]
-    assert error["param"] == "input" and error["code"] == "token_input_unsupported"
+    assert error["param"] == "input[0]" and error["code"] == "token_input_unsupported"
     assert "check_embedding_ctx_length=False" in error["message"]
 
 
