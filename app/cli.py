@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
 
 DEFAULT_HOST = "127.0.0.1"
-# The process's exit status when the model cannot be loaded (2: invalid configuration).
-EXIT_MODEL_UNAVAILABLE = 3
+# The exit status when start-up fails: the model (or the label vocabulary) cannot be loaded.
+# (2: invalid configuration)
+EXIT_STARTUP_FAILED = 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,7 +118,7 @@ def _serve(host: str, port: int, *, echo: bool = False) -> int:
         )
     server.run(sockets=sockets)
     # The failure was logged as it happened, with the ways out; only the status is left.
-    return EXIT_MODEL_UNAVAILABLE if app.state.startup.failure else 0
+    return EXIT_STARTUP_FAILED if app.state.startup.failure else 0
 
 
 def _dual_stack_socket(port: int) -> socket.socket:

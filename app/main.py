@@ -248,14 +248,22 @@ async def start_encoders(
             compile=settings.encoder_compile,
             warm_batch=settings.max_batch,
         )
-        if not await start_text_side(settings, state, encoders[0]):
-            return
     except Exception as exc:
         message = describe_load_failure(settings.clip_model, str(exc) or type(exc).__name__)
         logger.debug("the model's load failure in full", exc_info=True)
         logger.error(message)
         if startup is not None:
             startup.failure = message
+        return
+    try:
+        text_side_ok = await start_text_side(settings, state, encoders[0])
+    except Exception:
+        # Not the model: the label vocabulary, the cache namespace. The cause, as raised.
+        logger.exception("start-up failed; /readyz stays 503")
+        text_side_ok = False
+    if not text_side_ok:
+        if startup is not None:
+            startup.failure = "start-up failed"
         return
     pool = EncoderPool(
         encoders,
