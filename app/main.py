@@ -44,7 +44,7 @@ from app.embeddings_service import EmbeddingsOptions, EmbeddingsService
 from app.encoder.clip import ClipImageEncoder, gpu_memory, load_encoders
 from app.encoder.pool import BatchReport, EncoderPool, PoolEvents
 from app.encoder.preprocess import PREPROCESS_VERSION
-from app.encoder.source import check_model_source, describe_load_failure
+from app.encoder.source import ModelUnavailable, check_model_source, describe_load_failure
 from app.encoder.text import ClipTextEncoder, load_logit_scale, model_identity
 from app.errors import ProxyError, error_body
 from app.image_pipeline import ImagePipeline
@@ -249,7 +249,8 @@ async def start_encoders(
             warm_batch=settings.max_batch,
         )
     except Exception as exc:
-        message = describe_load_failure(settings.clip_model, str(exc) or type(exc).__name__)
+        reason = str(exc) if isinstance(exc, ModelUnavailable) else f"{type(exc).__name__}: {exc}"
+        message = describe_load_failure(settings.clip_model, reason)
         logger.debug("the model's load failure in full", exc_info=True)
         logger.error(message)
         if startup is not None:
