@@ -281,7 +281,7 @@ async def start_encoders(
     logger.info("encoder loaded; warming up", extra={"devices": pool.devices})
     freeze_startup_objects()
     # The pool warms each worker in its own thread; one waiting thread here, not a poll.
-    while not await asyncio.to_thread(pool.wait_ready, 5.0):
+    while not await asyncio.to_thread(pool.wait_ready, 1.0):
         pass
     logger.info(
         "ready",
