@@ -160,7 +160,7 @@ def account(body: dict[str, Any], sizes: list[str], forwarded: list[str]) -> tup
     if question:
         lines.append(f"The question: {_cut(question, 300)!r}.")
     if forwarded:
-        lines.append(f"Headers forwarded to me: {', '.join(forwarded)}.")
+        lines.append(f"Headers beyond the usual: {', '.join(forwarded)}.")
     size = len(orjson.dumps(body))
     lines.append(f"The request body was {size:,} characters, for model {body.get('model')!r}.")
     reasoning = (

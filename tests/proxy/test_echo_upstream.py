@@ -125,7 +125,7 @@ def test_models_and_forwarded_headers(echo_proxy: ProxyServer) -> None:
     )
     content = reply.json()["choices"][0]["message"]["content"]
     assert content.startswith("clip-proxy echo: 0 images.")
-    assert "Headers forwarded to me: traceparent, x-request-id." in content
+    assert "Headers beyond the usual: traceparent, x-request-id." in content
 
 
 def test_the_account_reads_words_references_and_either_format() -> None:
