@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,16 +17,41 @@ if TYPE_CHECKING:
     from app.config import Settings
 
 
+DEFAULT_HOST = "127.0.0.1"
+# The exit status when start-up fails: the model (or the label vocabulary) cannot be loaded.
+# (2: invalid configuration)
+EXIT_STARTUP_FAILED = 3
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    defaults = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="clip-proxy", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the proxy")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=8000)
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy",
+        description="Run the proxy. Every other setting is a CLIP_PROXY_* variable (README).",
+        formatter_class=defaults,
+    )
+    serve.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="address to listen on: 0.0.0.0 (IPv4) or :: (IPv6 and IPv4) for every "
+        "interface, as in a container; ::1 or [::1] for IPv6 loopback",
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--echo",
+        action="store_true",
+        help="answer from the embedded echo upstream (CLIP_PROXY_UPSTREAM_BASE_URL=echo): "
+        "no key, no network, for a first run",
+    )
 
     make = commands.add_parser(
-        "make-test-model", help="write a tiny random-weight CLIP checkpoint for tests"
+        "make-test-model",
+        help="write a tiny random-weight CLIP checkpoint for tests",
+        formatter_class=defaults,
     )
     make.add_argument("directory", type=Path)
     make.add_argument("--projection-dim", type=int, default=768)
@@ -35,24 +63,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return _serve(args.host, args.port)
+        return _serve(args.host, args.port, echo=args.echo)
     return _make_test_model(args.directory, args.projection_dim, args.vit_l14)
 
 
-def _serve(host: str, port: int) -> int:
+def _serve(host: str, port: int, *, echo: bool = False) -> int:
     import uvicorn
 
-    from app.config import Settings
+    from app.config import ECHO_UPSTREAM, Settings
     from app.logging_setup import configure_logging
     from app.main import create_app
     from app.server import DrainingServer
 
     try:
-        settings = Settings()
+        settings = Settings(upstream_base_url=ECHO_UPSTREAM) if echo else Settings()
     except ValidationError as exc:
         print(f"clip-proxy: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, secrets=_secrets(settings))
+    host = host.removeprefix("[").removesuffix("]")  # `[::1]`, as written in a URL
+    if not _is_loopback(host) and not _secrets(settings, upstream=False):
+        logging.getLogger("app.cli").warning(
+            "listening on %s without client keys: anyone who reaches this port can use the "
+            "proxy and spend the upstream key. Set CLIP_PROXY_API_KEYS (or "
+            "CLIP_PROXY_API_KEYS_FILE), or listen on 127.0.0.1",
+            host,
+            extra={"host": host},
+        )
     # One worker per process: the encoder owns the GPU; scale with replicas, not workers.
     # (An app object, not an import string, so uvicorn cannot be asked to fork workers.)
     # log_config=None keeps the JSON logging above; the proxy logs each request itself.
@@ -66,16 +103,44 @@ def _serve(host: str, port: int) -> int:
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
-    server = DrainingServer(config, app.state.admission, drain_delay_s=settings.drain_delay_s)
-    server.run()
-    return 0
+    server = DrainingServer(
+        config,
+        app.state.admission,
+        drain_delay_s=settings.drain_delay_s,
+        startup=app.state.startup,
+    )
+    sockets = None
+    if host == "::":
+        sockets = [_dual_stack_socket(port)]
+        # uvicorn names the address only for sockets it opened itself.
+        logging.getLogger("app.cli").info(
+            "listening on every interface, IPv6 and IPv4", extra={"host": host, "port": port}
+        )
+    server.run(sockets=sockets)
+    # The failure was logged as it happened, with the ways out; only the status is left.
+    return EXIT_STARTUP_FAILED if app.state.startup.failure else 0
 
 
-def _secrets(settings: Settings) -> list[str]:
+def _dual_stack_socket(port: int) -> socket.socket:
+    """`::` as operators mean it, every interface, IPv4 included: asyncio would bind it
+    IPv6-only."""
+    return socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to, assume others can reach it
+
+
+def _secrets(settings: Settings, *, upstream: bool = True) -> list[str]:
     """Values masked in every log line, whatever logged them: the upstream key and every
-    client key, those of API_KEYS_FILE included."""
-    upstream = settings.upstream_api_key.get_secret_value()
-    return [key for key in [upstream, *settings.client_keys] if key]
+    client key, those of API_KEYS_FILE included (`upstream=False`: the client keys only)."""
+    keys = [settings.upstream_api_key.get_secret_value()] if upstream else []
+    return [key for key in [*keys, *settings.client_keys] if key]
 
 
 def _make_test_model(directory: Path, projection_dim: int, vit_l14: bool) -> int:

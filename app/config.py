@@ -26,12 +26,15 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.forward_headers import NEVER_FORWARDED
 from app.protocol import PromptFormat
 from app.rewrite import ImageTemplates, template_fields
 
 _DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
 MiB = 1024 * 1024
+# UPSTREAM_BASE_URL's value for the embedded upstream (app/echo_upstream.py).
+ECHO_UPSTREAM = "echo"
 
 
 class EncoderDtype(StrEnum):
@@ -59,7 +62,7 @@ class Settings(BaseSettings):
 
     _client_keys: list[str] = PrivateAttr(default_factory=list)
 
-    # Upstream
+    # Upstream. "echo": the embedded upstream (app/echo_upstream.py) for a first run.
     upstream_base_url: str = "https://api.lkeap.cloud.tencent.com/v1"
     upstream_api_key: SecretStr = SecretStr("")
     upstream_connect_timeout_s: float = Field(5.0, gt=0)
@@ -150,6 +153,27 @@ class Settings(BaseSettings):
                 raise ValueError(f"CLIP_PROXY_DEVICE: {device!r} is not auto, cpu, cuda or cuda:N")
         return value
 
+    # Request headers sent on to the upstream besides traceparent and tracestate
+    # (app/forward_headers.py); Authorization, Cookie and hop-by-hop headers never are.
+    forward_headers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("forward_headers", mode="before")
+    @classmethod
+    def _parse_forward_headers(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _check_forward_headers(cls, value: list[str]) -> list[str]:
+        names = [name.lower() for name in value]
+        refused = [name for name in names if name in NEVER_FORWARDED]
+        if refused:
+            raise ValueError(
+                f"CLIP_PROXY_FORWARD_HEADERS: {', '.join(refused)} is never forwarded "
+                "(credentials and hop-by-hop headers stay between the client and the proxy)"
+            )
+        return names
+
     @field_validator("api_keys", "fetch_allow_hosts", "fetch_allow_networks", mode="before")
     @classmethod
     def _parse_list(cls, value: object) -> object:
@@ -163,9 +187,17 @@ class Settings(BaseSettings):
     @field_validator("upstream_base_url")
     @classmethod
     def _check_upstream(cls, value: str) -> str:
+        if value.strip().lower() == ECHO_UPSTREAM:
+            return ECHO_UPSTREAM
         if not value.startswith(("http://", "https://")):
-            raise ValueError("CLIP_PROXY_UPSTREAM_BASE_URL must start with http:// or https://")
+            raise ValueError(
+                "CLIP_PROXY_UPSTREAM_BASE_URL must start with http:// or https://, or be 'echo'"
+            )
         return value.rstrip("/")
+
+    @property
+    def echo_upstream(self) -> bool:
+        return self.upstream_base_url == ECHO_UPSTREAM
 
     @field_validator("cache_url")
     @classmethod

@@ -48,9 +48,10 @@ class EmbeddingsService:
         self._texts = texts
 
     async def create(self, request: EmbeddingRequest) -> dict[str, Any]:
-        inputs = [request.input] if isinstance(request.input, str) else request.input
+        inputs = text_inputs(request.input)
         single = isinstance(request.input, str)
         self._check(inputs, single)
+        self._check_dimensions(request.dimensions, self._images.dim)
         vectors: list[npt.NDArray[np.float32] | None] = [None] * len(inputs)
         image_indexes = [index for index, text in enumerate(inputs) if is_image_input(text)]
         text_indexes = sorted(set(range(len(inputs))) - set(image_indexes))
@@ -82,6 +83,8 @@ class EmbeddingsService:
                     group.create_task(embed_texts())
         except ExceptionGroup as group_error:
             raise first_proxy_error(group_error) from None
+        widths = {len(vector) for vector in vectors if vector is not None}
+        self._check_dimensions(request.dimensions, widths.pop() if len(widths) == 1 else None)
         data = [
             {
                 "object": "embedding",
@@ -98,6 +101,17 @@ class EmbeddingsService:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
+    @staticmethod
+    def _check_dimensions(asked: int | None, width: int | None) -> None:
+        """CLIP's vectors have one width; a shortened one would be another vector."""
+        if asked is not None and width is not None and asked != width:
+            raise InvalidRequest(
+                f"'dimensions' is {asked}, but this model's vectors have {width} dimensions; "
+                f"leave it out or set it to {width}",
+                param="dimensions",
+                code="unsupported_dimensions",
+            )
+
     def _check(self, inputs: list[str], single: bool) -> None:
         if not inputs:
             raise InvalidRequest("'input' must not be an empty list", param="input")
@@ -110,6 +124,23 @@ class EmbeddingsService:
             if not text:
                 param = "input" if single else f"input[{index}]"
                 raise InvalidRequest("an input must not be an empty string", param=param)
+
+
+def text_inputs(value: str | list[str] | list[int] | list[list[int]]) -> list[str]:
+    """The input as strings; token arrays are refused with the way out."""
+    if isinstance(value, str):
+        return [value]
+    strings = [item for item in value if isinstance(item, str)]
+    if len(strings) == len(value):
+        return strings
+    first = next(index for index, item in enumerate(value) if not isinstance(item, str))
+    raise InvalidRequest(
+        "'input' holds token ids; clip-proxy needs the text itself (CLIP has its own "
+        "tokenizer), or data URLs / image URLs. LangChain's OpenAIEmbeddings sends token ids "
+        "by default: create it with check_embedding_ctx_length=False",
+        param=f"input[{first}]",
+        code="token_input_unsupported",
+    )
 
 
 def _encode(vector: npt.NDArray[np.float32], encoding_format: str) -> list[float] | str:

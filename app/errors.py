@@ -8,6 +8,7 @@ The tree (status in brackets):
     │   ├── TooManyImages     [400] more images than CLIP_PROXY_MAX_IMAGES_PER_REQUEST
     │   ├── ForbiddenUrl      [400] an image URL the proxy will not fetch (SSRF rules)
     │   └── ImageFetchFailed  [400] an allowed URL that could not be fetched as an image
+    ├── NotFound              [404] a model the upstream does not list
     ├── PayloadTooLarge       [413] body or image over its byte limit
     ├── Unauthorized          [401] missing or wrong client key
     ├── Overloaded            [503] queue full, not ready, draining (carries Retry-After)
@@ -114,6 +115,12 @@ class ForbiddenUrl(InvalidRequest):
 
 class ImageFetchFailed(InvalidRequest):
     code = "image_fetch_failed"
+
+
+class NotFound(ProxyError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
 
 
 class PayloadTooLarge(ProxyError):

@@ -70,6 +70,11 @@ class ImagePipeline:
     def devices(self) -> list[str]:
         return self._pool.devices if self._pool is not None else []
 
+    @property
+    def dim(self) -> int | None:
+        """The vector's width (the model's projection dim); None until the model is loaded."""
+        return self._pool.dim if self._pool is not None else None
+
     def attach(self, pool: EncoderPool) -> None:
         """Called once the pool's models are loaded; requests queue while it warms up."""
         old, self._pool = self._pool, pool

@@ -1,5 +1,5 @@
 """What the process does around its own life, apart from wiring: the one-worker guard at
-start and freezing the start-up objects once the model is loaded.
+start, how start-up went, and freezing the start-up objects once the model is loaded.
 
     refuse_worker_processes()      # first thing in the lifespan
     freeze_startup_objects()       # once the encoders are loaded
@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+from dataclasses import dataclass
 
 
 def refuse_worker_processes() -> None:
@@ -45,3 +46,10 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()  # what is already garbage goes now, not into the frozen set
     gc.freeze()
+
+
+@dataclass
+class Startup:
+    """How start-up went: `failure` is the message when the model could not be loaded."""
+
+    failure: str | None = None

@@ -85,6 +85,9 @@ def _utc(created: float) -> str:
     return f"{seconds}.{int(created % 1 * 1000):03d}Z"
 
 
+THIRD_PARTY_LOGGERS = ("uvicorn", "uvicorn.error", "transformers", "huggingface_hub")
+
+
 def configure_logging(level: str = "info", *, secrets: Iterable[str] = ()) -> None:
     """Send every logger (ours, uvicorn's, libraries') through one JSON handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
@@ -94,10 +97,16 @@ def configure_logging(level: str = "info", *, secrets: Iterable[str] = ()) -> No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error"):
-        uvicorn_logger = logging.getLogger(name)
-        uvicorn_logger.handlers.clear()
-        uvicorn_logger.propagate = True
+    # Libraries that print through handlers of their own (transformers and huggingface_hub
+    # add a plain-text one when imported, uvicorn's own config would): theirs go, and
+    # their lines reach the JSON handler above. Called after those imports (the CLI
+    # imports the app first), so the handlers they added are there to remove.
+    for name in THIRD_PARTY_LOGGERS:
+        library_logger = logging.getLogger(name)
+        library_logger.handlers.clear()
+        library_logger.propagate = True
+    # `warnings.warn(...)` from libraries as JSON lines too, not raw text on stderr.
+    logging.captureWarnings(True)
     # The request observer writes one line per request with timings; uvicorn's access
     # line would only repeat it, without the request id.
     logging.getLogger("uvicorn.access").disabled = True

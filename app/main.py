@@ -3,9 +3,12 @@
 
     app = create_app(Settings(upstream_base_url="http://127.0.0.1:9000/v1"))
 
-The lifespan opens the shared HTTP clients and starts loading the encoder in the
-background: the server answers `/healthz` at once and `/readyz` turns 200 once every
-encoder worker is loaded and warm.
+The lifespan opens the shared HTTP clients (and, with `UPSTREAM_BASE_URL=echo`, starts the
+embedded echo upstream) and starts loading the encoder in the background: the server
+answers `/healthz` at once and `/readyz` turns 200 once every encoder worker is loaded and
+warm, when one `ready` line is logged. A model that cannot be loaded is logged as one
+message with the ways out, and `app.state.startup.failure` holds it: `clip-proxy serve`
+then exits non-zero, while an app under test stays up with `/readyz` at 503.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from fastapi import FastAPI
@@ -32,16 +36,18 @@ from app.api.observe import RequestObserver
 from app.api.playground import playground_router
 from app.cache import EmbeddingCache, build_backends, namespace_of
 from app.config import Settings
+from app.echo_upstream import EchoUpstream
 from app.embeddings_service import EmbeddingsOptions, EmbeddingsService
 from app.encoder.clip import ClipImageEncoder, gpu_memory, load_encoders
 from app.encoder.pool import BatchReport, EncoderPool, PoolEvents
 from app.encoder.preprocess import PREPROCESS_VERSION
+from app.encoder.source import ModelUnavailable, check_model_source, describe_load_failure
 from app.encoder.text import ClipTextEncoder, load_logit_scale, model_identity
 from app.health_service import HealthService
 from app.image_pipeline import ImagePipeline
 from app.ingest import ImageLimits
 from app.labels import Labeler, label_prompts, read_vocabulary
-from app.lifecycle import freeze_startup_objects, refuse_worker_processes
+from app.lifecycle import Startup, freeze_startup_objects, refuse_worker_processes
 from app.metrics import Metrics
 from app.models_service import ModelsService
 from app.rate_limit import RateLimiter
@@ -80,10 +86,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         refuse_worker_processes()
-        state = build_state(settings, metrics, draining=lambda: admission.draining)
+        echo: EchoUpstream | None = None
+        upstream_url = settings.upstream_base_url
+        if settings.echo_upstream:
+            echo = EchoUpstream(settings.default_model)
+            upstream_url = await asyncio.to_thread(echo.start)
+        state = build_state(
+            settings, metrics, draining=lambda: admission.draining, upstream_url=upstream_url
+        )
         app.state.clip_proxy = state
         app.state.services = state.services  # all the routes reach (app/api/deps.py)
-        loader = asyncio.create_task(start_encoders(settings, state))
+        loader = asyncio.create_task(
+            start_encoders(settings, state, app.state.startup, upstream_url)
+        )
         try:
             yield
         finally:
@@ -97,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.cache.aclose()
             await state.upstream.aclose()
             await state.fetcher.aclose()
+            if echo is not None:
+                await asyncio.to_thread(echo.stop)
 
     app = FastAPI(
         title="clip-proxy",
@@ -119,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Reliability and auth (outermost last): auth, then shedding/draining, then body limit.
     app.state.admission = admission  # for `clip-proxy serve`'s DrainingServer
     app.add_middleware(AdmissionMiddleware, admission=admission)
+    app.state.startup = Startup()
     app.add_middleware(
         ClientAuthMiddleware,
         keys=key_digests(settings.client_keys),
@@ -131,8 +149,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def build_state(
-    settings: Settings, metrics: Metrics, *, draining: Callable[[], bool]
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    draining: Callable[[], bool],
+    upstream_url: str | None = None,
 ) -> AppState:
+    """Every component of one process; `upstream_url` stands in for the setting (the
+    echo upstream's address once it runs)."""
     fetcher = SafeFetcher(
         FetchPolicy(
             max_bytes=settings.max_image_bytes,
@@ -161,7 +185,7 @@ def build_state(
     )
     texts = TextPipeline()
     upstream = UpstreamClient(
-        settings.upstream_base_url,
+        upstream_url or settings.upstream_base_url,
         settings.upstream_api_key.get_secret_value(),
         connect_timeout_s=settings.upstream_connect_timeout_s,
         read_timeout_s=settings.upstream_read_timeout_s,
@@ -178,6 +202,7 @@ def build_state(
             else None
         ),
         on_retry=lambda reason: metrics.upstream_retries.labels(reason=reason).inc(),
+        forward_headers=settings.forward_headers,
     )
     options = ChatOptions(
         default_model=settings.default_model,
@@ -190,6 +215,7 @@ def build_state(
         ),
         ping_interval_s=settings.ping_interval,
         templates=settings.templates(),
+        send_image_sizes=settings.echo_upstream,
     )
     embeddings_options = EmbeddingsOptions(
         model_name=settings.clip_model,
@@ -213,14 +239,19 @@ def build_state(
     )
 
 
-async def start_encoders(settings: Settings, state: AppState) -> None:
+async def start_encoders(
+    settings: Settings, state: AppState, startup: Startup | None = None, upstream_url: str = ""
+) -> None:
     """Load one model copy per device off the event loop; the pool warms each worker.
 
-    `/readyz` turns 200 once every worker is warm (the pool's `ready`). Any failure on the
-    way is logged and leaves `/readyz` at 503: this runs as a background task, whose
-    exception would otherwise surface only as "Task exception was never retrieved".
+    `/readyz` turns 200 once every worker is warm (the pool's `ready`), and one `ready`
+    line is logged. A model that does not load is one ERROR line naming the setting and
+    the ways out, noted in `startup.failure`, and `/readyz` stays 503: this runs as a
+    background task, whose exception would otherwise surface only as "Task exception was
+    never retrieved".
     """
     try:
+        await asyncio.to_thread(check_model_source, settings.clip_model)
         encoders = await asyncio.to_thread(
             load_encoders,
             settings.clip_model,
@@ -230,10 +261,23 @@ async def start_encoders(settings: Settings, state: AppState) -> None:
             compile=settings.encoder_compile,
             warm_batch=settings.max_batch,
         )
-        if not await start_text_side(settings, state, encoders[0]):
-            return
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, ModelUnavailable) else f"{type(exc).__name__}: {exc}"
+        message = describe_load_failure(settings.clip_model, reason)
+        logger.debug("the model's load failure in full", exc_info=True)
+        logger.error(message)
+        if startup is not None:
+            startup.failure = message
+        return
+    try:
+        text_side_ok = await start_text_side(settings, state, encoders[0])
     except Exception:
-        logger.exception("could not load the CLIP encoder; /readyz stays 503")
+        # Not the model: the label vocabulary, the cache namespace. The cause, as raised.
+        logger.exception("start-up failed; /readyz stays 503")
+        text_side_ok = False
+    if not text_side_ok:
+        if startup is not None:
+            startup.failure = "start-up failed"
         return
     pool = EncoderPool(
         encoders,
@@ -249,6 +293,28 @@ async def start_encoders(settings: Settings, state: AppState) -> None:
     state.images.attach(pool)
     logger.info("encoder loaded; warming up", extra={"devices": pool.devices})
     freeze_startup_objects()
+    # The pool warms each worker in its own thread; one waiting thread here, not a poll.
+    while not await asyncio.to_thread(pool.wait_ready, 1.0):
+        pass
+    logger.info(
+        "ready",
+        extra={
+            "model": settings.clip_model,
+            "device": pool.devices,
+            "dtype": str(encoders[0].dtype).removeprefix("torch."),
+            "workers": len(pool.devices),
+            "upstream": describe_upstream(settings, upstream_url),
+        },
+    )
+
+
+def describe_upstream(settings: Settings, upstream_url: str) -> str:
+    """The upstream for a log line: no key, no password in the URL."""
+    url = upstream_url or settings.upstream_base_url
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return f"echo (embedded, {url})" if settings.echo_upstream else url
 
 
 class MetricsPoolEvents(PoolEvents):
@@ -313,4 +379,3 @@ def observe_batch(metrics: Metrics, report: BatchReport) -> None:
     metrics.encode_duration.labels(device=report.device).observe(report.encode_s)
     for wait in report.queue_wait_s:
         metrics.encode_queue.observe(wait)
-

@@ -21,7 +21,12 @@ from pydantic import (
     StrictBool,
     Tag,
     ValidationError,
+    field_validator,
 )
+
+# Sent by the proxy only toward its embedded echo upstream (app/echo_upstream.py): each
+# image's pixel size, in order ("640x480,1024x768"), which the seed's prompt does not carry.
+IMAGE_SIZES_HEADER = "X-Clip-Proxy-Image-Sizes"
 
 
 class PromptFormat(StrEnum):
@@ -48,6 +53,13 @@ class ImageUrl(OpenAIModel):
 class ImageUrlPart(OpenAIModel):
     type: Literal["image_url"]
     image_url: ImageUrl
+
+    @field_validator("image_url", mode="before")
+    @classmethod
+    def _bare_url(cls, value: Any) -> Any:
+        # `"image_url": "data:..."`, a string instead of `{"url": ...}`: vLLM, Ollama and
+        # LiteLLM accept it, and clients written against them send it.
+        return {"url": value} if isinstance(value, str) else value
 
 
 ContentPart = Annotated[
@@ -93,9 +105,12 @@ class ChatCompletionRequest(OpenAIModel):
 
 
 class EmbeddingRequest(OpenAIModel):
-    input: str | list[str]
+    # Token arrays (list[int], list[list[int]]) are OpenAI's shape too; the service
+    # refuses them with a message that says why (CLIP tokenises its own text).
+    input: str | list[str] | list[int] | list[list[int]]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
 
 
 def validation_param(error: ValidationError) -> tuple[str, str | None]:

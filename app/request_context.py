@@ -52,10 +52,14 @@ class RequestRecord:
     stages: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    # The client's raw headers, for those the upstream client forwards (forward_headers.py).
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     @classmethod
-    def start(cls, request_id: str) -> RequestRecord:
-        return cls(request_id=request_id, started=time.perf_counter())
+    def start(
+        cls, request_id: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> RequestRecord:
+        return cls(request_id=request_id, started=time.perf_counter(), headers=headers or [])
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -90,6 +94,12 @@ def current() -> RequestRecord | None:
 def current_request_id() -> str | None:
     record = _current.get()
     return record.request_id if record is not None else None
+
+
+def current_request_headers() -> list[tuple[bytes, bytes]]:
+    """The raw headers of the request being served; empty outside a request."""
+    record = _current.get()
+    return record.headers if record is not None else []
 
 
 def note_stage(name: str, seconds: float) -> None:

@@ -22,7 +22,13 @@ from app.image_pipeline import ImagePipeline
 from app.ingest import ImageSource
 from app.labels import Labeler
 from app.metrics import Metrics
-from app.protocol import ChatCompletionRequest, PromptFormat, UploadedImagePart, is_image_part
+from app.protocol import (
+    IMAGE_SIZES_HEADER,
+    ChatCompletionRequest,
+    PromptFormat,
+    UploadedImagePart,
+    is_image_part,
+)
 from app.request_context import note_stage
 from app.rewrite import (
     ImageFacts,
@@ -82,6 +88,9 @@ class ChatOptions:
     # Seconds of upstream silence before the relay sends a keep-alive comment (0: never).
     ping_interval_s: float
     templates: ImageTemplates = field(default_factory=ImageTemplates)
+    # Toward the embedded echo upstream only: each image's pixel size in a header, for its
+    # account of what it received (the seed's prompt does not carry sizes).
+    send_image_sizes: bool = False
 
 
 class ChatService:
@@ -135,8 +144,12 @@ class ChatService:
         if dry_run:
             return DryRun(body)
         stream = bool(body.get("stream"))
+        headers: dict[str, str] = {}
+        if self._options.send_image_sizes and images:
+            sizes = (f"{images[where].width}x{images[where].height}" for where in sorted(images))
+            headers[IMAGE_SIZES_HEADER] = ",".join(sizes)
         sent_at = time.perf_counter()
-        reply = await self._send_upstream(orjson.dumps(body), stream)
+        reply = await self._send_upstream(orjson.dumps(body), stream, headers)
         headers_at = time.perf_counter()
         if stream:
             chunks = metered_stream(
@@ -149,12 +162,14 @@ class ChatService:
             count_tokens(self._metrics, _usage_of(answer))
         return JsonReply(reply.status_code, answer, reply.media_type)
 
-    async def _send_upstream(self, payload: bytes, stream: bool) -> UpstreamReply:
+    async def _send_upstream(
+        self, payload: bytes, stream: bool, headers: dict[str, str]
+    ) -> UpstreamReply:
         """Send the chat request and wait for the upstream's headers; observe that wait."""
         sent_at = time.perf_counter()
         try:
             reply = await self._upstream.open(
-                "POST", "/chat/completions", body=payload, stream=stream
+                "POST", "/chat/completions", body=payload, stream=stream, extra_headers=headers
             )
         except UpstreamStatus as exc:
             self._metrics.upstream_responses.labels(code=str(exc.status_code)).inc()

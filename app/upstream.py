@@ -23,7 +23,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -37,8 +37,9 @@ from app.errors import (
     UpstreamUnreachable,
     error_sse_event,
 )
+from app.forward_headers import forwarded_headers
 from app.rate_limit import RateLimiter
-from app.request_context import current_request_id
+from app.request_context import current_request_headers, current_request_id
 from app.upstream_transport import UpstreamTransport
 
 logger = logging.getLogger(__name__)
@@ -152,8 +153,11 @@ class UpstreamClient:
         retry: RetryPolicy | None = None,
         rate_limiter: RateLimiter | None = None,
         on_retry: Callable[[str], None] | None = None,
+        forward_headers: Sequence[str] = (),
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # Beside traceparent/tracestate: the client headers an operator lets through.
+        self._forward_headers = tuple(forward_headers)
         self._retry = retry or RetryPolicy()
         self._rate_limiter = rate_limiter
         self._on_retry = on_retry or (lambda reason: None)
@@ -181,10 +185,21 @@ class UpstreamClient:
         await self._client.aclose()
 
     async def open(
-        self, method: str, path: str, *, body: bytes | None = None, stream: bool = False
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        stream: bool = False,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> UpstreamReply:
-        """Send a request and wait for the status line; raise for anything but 2xx."""
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        """Send a request and wait for the status line; raise for anything but 2xx.
+        `extra_headers` are the caller's own; the client's trace context and the
+        operator's FORWARD_HEADERS come from the request being served."""
+        headers = forwarded_headers(current_request_headers(), self._forward_headers)
+        headers |= extra_headers or {}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         request_id = current_request_id()
         if request_id is not None:  # lets the upstream's logs be joined with ours
             headers["X-Request-ID"] = request_id

@@ -1,4 +1,4 @@
-"""GET /v1/models: the upstream's list, relayed."""
+"""`GET /v1/models` and `GET /v1/models/{id}`: the upstream's models, through ModelsService."""
 
 from __future__ import annotations
 
@@ -13,4 +13,11 @@ router = APIRouter()
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     reply = await services_of(request).models.list_models()
+    return Response(reply.body, reply.status_code, media_type=reply.media_type)
+
+
+# `:path`: hub-style ids hold a slash (`deepseek-ai/DeepSeek-R1`).
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> Response:
+    reply = await services_of(request).models.retrieve_model(model_id)
     return Response(reply.body, reply.status_code, media_type=reply.media_type)

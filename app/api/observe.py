@@ -39,7 +39,9 @@ class RequestObserver:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        record = RequestRecord.start(new_request_id(_header(scope, REQUEST_ID_HEADER)))
+        record = RequestRecord.start(
+            new_request_id(_header(scope, REQUEST_ID_HEADER)), scope["headers"]
+        )
         quiet = scope["path"] in QUIET_PATHS
         status = 0
 
@@ -104,4 +106,3 @@ def _route_of(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"
-

@@ -27,6 +27,10 @@ from app.protocol import ChatCompletionRequest, validation_param
 from app.service import ChatLimits
 
 IMAGE_FIELD = "image"
+# Request fields that are booleans: a form sends text, and `-F stream=True` means yes.
+BOOLEAN_FIELDS = frozenset({"stream", "logprobs", "parallel_tool_calls", "store", "echo"})
+_FORM_TRUE = frozenset({"true", "1", "yes", "on"})
+_FORM_FALSE = frozenset({"false", "0", "no", "off"})
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -135,6 +139,8 @@ async def _read_multipart(
 
 
 def _form_value(name: str, value: str) -> Any:
+    if name in BOOLEAN_FIELDS:
+        return _form_boolean(name, value)
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
@@ -144,6 +150,15 @@ def _form_value(name: str, value: str) -> Any:
     if too_deep(parsed, MAX_JSON_DEPTH):
         raise InvalidRequest(f"field {name!r} is nested deeper than {MAX_JSON_DEPTH} levels")
     return parsed
+
+
+def _form_boolean(name: str, value: str) -> bool:
+    word = value.strip().lower()
+    if word in _FORM_TRUE:
+        return True
+    if word in _FORM_FALSE:
+        return False
+    raise InvalidRequest(f"form field {name!r} must be true or false, not {value!r}", param=name)
 
 
 async def _read_upload(upload: UploadFile, index: int, max_bytes: int) -> ImageSource:

@@ -300,3 +300,25 @@ def test_prometheus_accepts_the_compose_scrape_config() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def serve_host(args: list[str]) -> str | None:
+    """The `--host` value of a `serve` command line (None when it is not given)."""
+    assert args[0] == "serve", args
+    return args[args.index("--host") + 1] if "--host" in args else None
+
+
+def test_every_deployment_listens_on_every_interface() -> None:
+    """`clip-proxy serve` binds 127.0.0.1 unless told; a container must be told, or its
+    published port, Service and probes reach nothing."""
+    instructions = dockerfile_instructions()
+    final = instructions[max(i for i, (kw, _) in enumerate(instructions) if kw == "FROM") :]
+    cmd = json.loads(dict(final)["CMD"])
+    compose = load_yaml(ROOT / "docker-compose.yml")["services"]["clip-proxy"]["command"]
+    container = by_kind()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    for source, args in {
+        "Dockerfile": cmd,
+        "compose": compose,
+        "kubernetes": container["args"],
+    }.items():
+        assert serve_host(args) == "0.0.0.0", source

@@ -195,3 +195,38 @@ def test_client_keys_from_the_keys_file_are_masked_too(tmp_path: Path) -> None:
     )
     line = JsonFormatter(Redactor(cli_secrets(settings))).format(record)
     assert "FROMFILE" not in line and "FROMENV" not in line
+
+
+def test_library_lines_go_through_the_json_formatter() -> None:
+    """transformers and huggingface_hub add plain-text handlers of their own when imported
+    (huggingface_hub's also propagates: every line twice); uvicorn's and Python warnings
+    are raw text too unless routed. After `configure_logging`, as `clip-proxy serve` calls
+    it, each is one JSON line."""
+    script = """
+import warnings
+import app.main  # imports transformers and huggingface_hub, as `serve` does first
+from app.logging_setup import configure_logging
+from transformers.utils import logging as transformers_logging
+from huggingface_hub.utils import logging as hub_logging
+import logging
+configure_logging("info")
+transformers_logging.get_logger("transformers.modeling_utils").warning("from transformers")
+hub_logging.get_logger("huggingface_hub.file_download").warning("from huggingface_hub")
+logging.getLogger("uvicorn.error").info("from uvicorn")
+warnings.warn("from warnings", UserWarning, stacklevel=1)
+"""
+    result = subprocess.run(
+        [sys.executable, "-W", "default", "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    by_logger = {line["logger"]: line for line in lines}
+    assert by_logger["transformers.modeling_utils"]["msg"] == "from transformers"
+    assert by_logger["huggingface_hub.file_download"]["msg"] == "from huggingface_hub"
+    assert by_logger["uvicorn.error"]["msg"] == "from uvicorn"
+    assert "from warnings" in by_logger["py.warnings"]["msg"]
+    assert len(lines) == 4, lines

@@ -41,7 +41,8 @@ def served(test_model_dir: Path, upstream: FakeUpstream) -> Iterator[subprocess.
         "CLIP_PROXY_UPSTREAM_BASE_URL": upstream.base_url,
         "CLIP_PROXY_CLIP_MODEL": str(test_model_dir),
         "CLIP_PROXY_DEVICE": "cpu",
-        "CLIP_PROXY_DRAIN_DELAY_S": "1.5",
+        # Long enough that the checks below run inside it on a loaded 2-core machine.
+        "CLIP_PROXY_DRAIN_DELAY_S": "3",
         "CLIP_PROXY_SHUTDOWN_GRACE_S": "30",
     }
     process = subprocess.Popen(
@@ -92,9 +93,10 @@ def test_sigterm_drains_live_streams(
         while True:
             try:
                 httpx.get(url + "/healthz", timeout=1)
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+                # Refused; or, racing the close, accepted and then dropped unanswered.
                 break
-            assert time.monotonic() - signalled < 5, "the listener stayed open"
+            assert time.monotonic() - signalled < 8, "the listener stayed open"
             time.sleep(0.1)
 
         results = [future.result(timeout=30) for future in streams]

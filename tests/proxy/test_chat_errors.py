@@ -157,12 +157,9 @@ def test_one_bad_image_fails_its_request_only(proxy: ProxyServer) -> None:
 def test_limits(start_proxy: Callable[..., ProxyServer]) -> None:
     proxy = start_proxy(max_images_per_request=2, max_image_bytes=100_000, max_body_bytes=500_000)
     three = with_image(data_url(PNG[:10]))
-    three["messages"][0]["content"] += (
-        [
-            {"type": "image_url", "image_url": {"url": data_url(PNG[:10])}}
-        ]
-        * 2
-    )
+    three["messages"][0]["content"] += [
+        {"type": "image_url", "image_url": {"url": data_url(PNG[:10])}}
+    ] * 2
     assert (
         assert_openai_error(httpx.post(proxy.url + CHAT, json=three), 400, "messages")["code"]
         == "too_many_images"
