@@ -83,7 +83,7 @@ def _secrets(settings: Settings) -> list[str]:
 
 
 def _make_test_model(directory: Path, projection_dim: int, vit_l14: bool) -> int:
-    from app.encoder.test_model import VIT_L14_VISION, make_test_model
+    from app.engine.test_model import VIT_L14_VISION, make_test_model
 
     vision = VIT_L14_VISION if vit_l14 else None
     make_test_model(directory, projection_dim=projection_dim, vision=vision)

@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.engine.engine import Engine
 from app.errors import InvalidRequest, TooManyImages, first_proxy_error
-from app.image_pipeline import ImagePipeline
 from app.ingest import ImageSource
 from app.protocol import EmbeddingRequest
-from app.text_pipeline import TextPipeline
 
 _IMAGE_PREFIXES = ("data:", "http://", "https://")
 
@@ -40,12 +39,9 @@ def is_image_input(text: str) -> bool:
 class EmbeddingsService:
     """Answers `POST /v1/embeddings` in OpenAI's shape."""
 
-    def __init__(
-        self, options: EmbeddingsOptions, images: ImagePipeline, texts: TextPipeline
-    ) -> None:
+    def __init__(self, options: EmbeddingsOptions, engine: Engine) -> None:
         self._options = options
-        self._images = images
-        self._texts = texts
+        self._engine = engine
 
     async def create(self, request: EmbeddingRequest) -> dict[str, Any]:
         inputs = [request.input] if isinstance(request.input, str) else request.input
@@ -65,11 +61,11 @@ class EmbeddingsService:
         async def embed_image(index: int) -> None:
             param = "input" if single else f"input[{index}]"
             source = ImageSource.from_url(inputs[index], param)
-            vectors[index] = (await self._images.embed(source)).vector
+            vectors[index] = (await self._engine.embed_image(source)).vector
 
         async def embed_texts() -> None:
             nonlocal tokens
-            text_vectors, counts = await self._texts.vectors([inputs[i] for i in text_indexes])
+            text_vectors, counts = await self._engine.embed_texts([inputs[i] for i in text_indexes])
             for index, vector in zip(text_indexes, text_vectors, strict=True):
                 vectors[index] = vector
             tokens = sum(counts)

@@ -10,7 +10,8 @@ The tree (status in brackets):
     │   └── ImageFetchFailed  [400] an allowed URL that could not be fetched as an image
     ├── PayloadTooLarge       [413] body or image over its byte limit
     ├── Unauthorized          [401] missing or wrong client key
-    ├── Overloaded            [503] queue full, not ready, draining (carries Retry-After)
+    ├── Overloaded            [503] queue full, draining (carries Retry-After)
+    │   └── EngineNotReady    [503] a model still loading, or one that failed to load
     ├── RateLimited           [429] the proxy's own rate limit toward the upstream (Retry-After)
     ├── EncoderFailed         [500] the model itself failed on a good image
     └── UpstreamError               the DeepSeek side
@@ -138,6 +139,16 @@ class Overloaded(ProxyError):
 
     def __init__(self, message: str, *, retry_after_s: int = 1, code: str | None = None) -> None:
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
+class EngineNotReady(Overloaded):
+    """The engine's one "not ready" answer: a model is still loading (or failed to load, and
+    /readyz says so). Clients retry after `Retry-After`; nothing is wrong with their request."""
+
+    code = "not_ready"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the {what} is not ready", retry_after_s=5)
 
 
 class RateLimited(ProxyError):

@@ -2,9 +2,9 @@
 
     app = create_app(Settings(upstream_base_url="http://127.0.0.1:9000/v1"))
 
-The lifespan opens the shared HTTP clients and starts loading the encoder in the
-background: the server answers `/healthz` at once and `/readyz` turns 200 once every
-encoder worker is loaded and warm.
+The lifespan opens the shared HTTP clients and starts the engine (`app.engine`) in the
+background: the server answers `/healthz` at once and `/readyz` turns 200 once the
+engine is ready.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import multiprocessing
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -32,23 +30,15 @@ from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import AppState
 from app.api.observe import RequestObserver
 from app.api.responses import error_response
-from app.cache import EmbeddingCache, build_backends, namespace_of
 from app.config import Settings
 from app.embeddings_service import EmbeddingsOptions, EmbeddingsService
-from app.encoder.clip import ClipImageEncoder, gpu_memory, load_encoders
-from app.encoder.pool import BatchReport, EncoderPool, PoolEvents
-from app.encoder.preprocess import PREPROCESS_VERSION
-from app.encoder.text import ClipTextEncoder, load_logit_scale, model_identity
+from app.engine.engine import Engine
 from app.errors import ProxyError, error_body
-from app.image_pipeline import ImagePipeline
-from app.ingest import ImageLimits
-from app.labels import Labeler, label_prompts, read_vocabulary
 from app.metrics import Metrics
 from app.rate_limit import RateLimiter
 from app.request_context import note_error
 from app.safe_fetch import FetchPolicy, SafeFetcher
 from app.service import ChatOptions, ChatService
-from app.text_pipeline import TextPipeline
 from app.upstream import RetryPolicy, UpstreamClient
 
 logger = logging.getLogger(__name__)
@@ -56,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    metrics = Metrics(gpu_memory=gpu_memory)
+    metrics = Metrics(gpu_memory=Engine.gpu_memory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,18 +55,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.clip_proxy = state
         refused = state.metrics.requests_refused
         app.state.admission.on_refused = lambda reason: refused.labels(reason=reason).inc()
-        loader = asyncio.create_task(start_encoders(settings, state))
+        loader = asyncio.create_task(start_engine(state.engine))
         try:
             yield
         finally:
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
-            # Stopping the pool joins its worker threads (a CPU batch may take seconds):
-            # off the event loop, so streams still draining keep flowing.
-            await asyncio.to_thread(state.images.close)
-            state.texts.close()
-            await state.cache.aclose()
+            await state.engine.aclose()
             await state.upstream.aclose()
             await state.fetcher.aclose()
 
@@ -124,7 +110,7 @@ def refuse_worker_processes() -> None:
 
 
 def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
-    metrics = metrics or Metrics(gpu_memory=gpu_memory)
+    metrics = metrics or Metrics(gpu_memory=Engine.gpu_memory)
     fetcher = SafeFetcher(
         FetchPolicy(
             max_bytes=settings.max_image_bytes,
@@ -134,24 +120,7 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
             allow_networks=tuple(settings.fetch_allow_networks),
         )
     )
-    cache = EmbeddingCache(
-        build_backends(
-            settings.cache_memory_bytes,
-            settings.cache_url,
-            ttl_s=settings.cache_ttl_s,
-            timeout_s=settings.cache_timeout_ms / 1000,
-        ),
-        metrics,
-        prefix=settings.cache_key_prefix,
-    )
-    images = ImagePipeline(
-        ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
-        fetcher,
-        cache=cache,
-        preprocess_threads=settings.preprocess_threads,
-        metrics=metrics,
-    )
-    texts = TextPipeline()
+    engine = Engine.from_settings(settings, metrics, fetcher)
     upstream = UpstreamClient(
         settings.upstream_base_url,
         settings.upstream_api_key.get_secret_value(),
@@ -186,51 +155,18 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
     return AppState(
         settings=settings,
         metrics=metrics,
-        images=images,
+        engine=engine,
         fetcher=fetcher,
         upstream=upstream,
-        chat=ChatService(options, images, upstream, metrics=metrics),
-        cache=cache,
-        texts=texts,
-        embeddings=EmbeddingsService(embeddings_options, images, texts),
+        chat=ChatService(options, engine, upstream, metrics=metrics),
+        embeddings=EmbeddingsService(embeddings_options, engine),
     )
 
 
-async def start_encoders(settings: Settings, state: AppState) -> None:
-    """Load one model copy per device off the event loop; the pool warms each worker.
-
-    `/readyz` turns 200 once every worker is warm (the pool's `ready`). Any failure on the
-    way is logged and leaves `/readyz` at 503: this runs as a background task, whose
-    exception would otherwise surface only as "Task exception was never retrieved".
-    """
-    try:
-        encoders = await asyncio.to_thread(
-            load_encoders,
-            settings.clip_model,
-            settings.device,
-            settings.encoder_dtype.value,
-            quantize=settings.encoder_quantize.value,
-            compile=settings.encoder_compile,
-            warm_batch=settings.max_batch,
-        )
-        if not await start_text_side(settings, state, encoders[0]):
-            return
-    except Exception:
-        logger.exception("could not load the CLIP encoder; /readyz stays 503")
-        return
-    pool = EncoderPool(
-        encoders,
-        max_batch=settings.max_batch,
-        max_wait_ms=settings.max_wait_ms,
-        max_queue=settings.encoder_queue_size,
-        job_timeout_s=settings.encode_timeout_s,
-        events=MetricsPoolEvents(state.metrics),
-    )
-    state.metrics.encoder_queue_depth.set_function(lambda: pool.queue_depth)
-    state.metrics.encoder_workers_ready.set_function(lambda: pool.workers_ready)
-    pool.start()
-    state.images.attach(pool)
-    logger.info("encoder loaded; warming up", extra={"devices": pool.devices})
+async def start_engine(engine: Engine) -> None:
+    """Load and warm the models in the background (`/readyz` turns 200 when done), then
+    freeze what start-up built."""
+    await engine.start()
     freeze_startup_objects()
 
 
@@ -246,70 +182,6 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()  # what is already garbage goes now, not into the frozen set
     gc.freeze()
-
-
-class MetricsPoolEvents(PoolEvents):
-    """The encoder pool's events as Prometheus metrics."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def batch(self, report: BatchReport) -> None:
-        observe_batch(self._metrics, report)
-
-    def dropped(self, count: int) -> None:
-        self._metrics.encoder_dropped.inc(count)
-
-    def cpu_fallback(self, device: str) -> None:
-        self._metrics.encoder_cpu_fallbacks.labels(device=device).inc()
-
-    def worker_restarted(self, device: str) -> None:
-        self._metrics.encoder_worker_restarts.labels(device=device).inc()
-
-
-async def start_text_side(settings: Settings, state: AppState, vision: ClipImageEncoder) -> bool:
-    """Name the cache's namespace, load the text tower, and encode the label vocabulary.
-    False when the process must not open (labels are on but cannot be computed)."""
-    identity = await asyncio.to_thread(model_identity, settings.clip_model)
-    state.cache.bind(namespace_of(identity, PREPROCESS_VERSION, str(vision.dtype)))
-    try:
-        text = await asyncio.to_thread(
-            ClipTextEncoder.load, settings.clip_model, vision.name, settings.encoder_dtype.value
-        )
-    except Exception:
-        if settings.labels_top_k > 0:
-            logger.exception("labels are on but the CLIP text tower did not load; not ready")
-            return False
-        logger.exception("no CLIP text tower: /v1/embeddings takes images only")
-        state.texts.disable("this proxy's CLIP checkpoint has no text tower: send images only")
-        return True
-    if settings.labels_top_k > 0:
-        # Before `attach`: the text tower serves one caller at a time (ClipTextEncoder).
-        state.chat.labeler = await asyncio.to_thread(build_labeler, settings, text)
-    state.texts.attach(text)
-    return True
-
-
-def build_labeler(settings: Settings, text: ClipTextEncoder) -> Labeler:
-    """Every label's text vector, computed once at start."""
-    path = Path(settings.labels_vocabulary) if settings.labels_vocabulary else None
-    labels = read_vocabulary(path)
-    prompts = label_prompts(labels, settings.labels_prompt)
-    batches = range(0, len(prompts), 256)
-    vectors = [text.encode(prompts[start : start + 256])[0] for start in batches]
-    return Labeler(
-        labels=labels,
-        vectors=np.concatenate(vectors),
-        logit_scale=load_logit_scale(settings.clip_model),
-        top_k=settings.labels_top_k,
-    )
-
-
-def observe_batch(metrics: Metrics, report: BatchReport) -> None:
-    metrics.batch_size.observe(report.size)
-    metrics.encode_duration.labels(device=report.device).observe(report.encode_s)
-    for wait in report.queue_wait_s:
-        metrics.encode_queue.observe(wait)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -16,11 +16,9 @@ from typing import Any
 
 import orjson
 
-from app.cache import ImageEmbedding
+from app.engine.engine import Engine, ImageDescription
 from app.errors import TooManyImages, UpstreamStatus, first_proxy_error
-from app.image_pipeline import ImagePipeline
 from app.ingest import ImageSource
-from app.labels import Labeler
 from app.metrics import Metrics
 from app.protocol import ChatCompletionRequest, PromptFormat
 from app.request_context import note_stage
@@ -78,17 +76,15 @@ class ChatService:
     def __init__(
         self,
         options: ChatOptions,
-        images: ImagePipeline,
+        engine: Engine,
         upstream: UpstreamClient,
         *,
         metrics: Metrics | None = None,
     ) -> None:
         self._options = options
-        self._images = images
+        self._engine = engine
         self._upstream = upstream
         self._metrics = metrics or Metrics()
-        # Set once the text tower has encoded the vocabulary, when labels are on.
-        self.labeler: Labeler | None = None
 
     async def complete(
         self,
@@ -148,10 +144,10 @@ class ChatService:
         if not sources:
             return {}
         started = time.perf_counter()
-        results: dict[Location, ImageEmbedding] = {}
+        results: dict[Location, ImageDescription] = {}
 
         async def encode_one(location: Location, source: ImageSource) -> None:
-            results[location] = await self._images.embed(source)
+            results[location] = await self._engine.describe(source)
 
         try:
             # A TaskGroup cancels the siblings of a failed image, so one bad image stops
@@ -164,18 +160,22 @@ class ChatService:
         note_stage("images", time.perf_counter() - started)  # all images, side by side
         # A history repeats its images: each distinct one is formatted (and labelled) once.
         facts_by_sha: dict[str, ImageFacts] = {}
-        for embedding in results.values():
-            if embedding.sha256 not in facts_by_sha:
-                facts_by_sha[embedding.sha256] = self._facts(embedding)
-        return {location: facts_by_sha[image.sha256] for location, image in results.items()}
+        for described in results.values():
+            sha256 = described.embedding.sha256
+            if sha256 not in facts_by_sha:
+                facts_by_sha[sha256] = self._facts(described)
+        return {
+            location: facts_by_sha[image.embedding.sha256] for location, image in results.items()
+        }
 
-    def _facts(self, embedding: ImageEmbedding) -> ImageFacts:
+    def _facts(self, described: ImageDescription) -> ImageFacts:
+        embedding = described.embedding
         return ImageFacts(
             vector=format_vector(embedding.vector, self._options.decimals),
             sha256=embedding.sha256,
             width=embedding.width,
             height=embedding.height,
-            labels=self.labeler.describe(embedding.vector) if self.labeler else "",
+            labels=described.labels,
         )
 
 

@@ -6,14 +6,12 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from app.cache import EmbeddingCache
 from app.config import Settings
 from app.embeddings_service import EmbeddingsService
-from app.image_pipeline import ImagePipeline
+from app.engine.engine import Engine
 from app.metrics import Metrics
 from app.safe_fetch import SafeFetcher
 from app.service import ChatService
-from app.text_pipeline import TextPipeline
 from app.upstream import UpstreamClient
 
 
@@ -21,13 +19,10 @@ from app.upstream import UpstreamClient
 class AppState:
     settings: Settings
     metrics: Metrics
-    images: ImagePipeline
+    engine: Engine
     fetcher: SafeFetcher
     upstream: UpstreamClient
     chat: ChatService
-    # Feature cache, text tower and embeddings (issue #6)
-    cache: EmbeddingCache
-    texts: TextPipeline
     embeddings: EmbeddingsService
 
 

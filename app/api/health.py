@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import state_of
 from app.api.responses import error_response
-from app.errors import Overloaded
+from app.errors import EngineNotReady, Overloaded
 from app.metrics import CONTENT_TYPE
 
 router = APIRouter()
@@ -28,12 +28,9 @@ async def readyz(request: Request) -> JSONResponse:
             Overloaded("the server is shutting down", retry_after_s=1, code="draining"),
             counted=False,
         )
-    if not state.images.ready:
-        return error_response(
-            Overloaded("the image encoder is not ready", retry_after_s=5, code="not_ready"),
-            counted=False,
-        )
-    return JSONResponse({"status": "ready", "devices": state.images.devices})
+    if not state.engine.ready:
+        return error_response(EngineNotReady("image encoder"), counted=False)
+    return JSONResponse({"status": "ready", "devices": state.engine.devices})
 
 
 @router.get("/metrics")

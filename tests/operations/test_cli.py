@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from app.encoder.clip import ClipImageEncoder
-from app.encoder.preprocess import preprocess
+from app.engine.clip import ClipImageEncoder
+from app.engine.preprocess import preprocess
 from tests.helpers import DATA, data_url, free_port
 from tests.upstream_server import FakeUpstream
 

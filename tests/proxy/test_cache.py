@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import openai
 
-from app.cache import EmbeddingCache, ImageEmbedding, MemoryBackend, namespace_of
+from app.engine.cache import EmbeddingCache, ImageEmbedding, MemoryBackend, namespace_of
 from app.metrics import Metrics
 from tests.helpers import (
     DATA,

@@ -8,7 +8,7 @@ encoder pool batches what arrives from every request.
     pipeline.attach(pool)                # once the encoder is loaded
     image = await pipeline.embed(ImageSource.from_url(url, param))   # .vector, .sha256, ...
 
-With a cache (`app.cache`), the bytes' SHA-256 is looked up before any decoding, and
+With a cache (`app.engine.cache`), the bytes' SHA-256 is looked up before any decoding, and
 identical images in flight at once are decoded and encoded once.
 """
 
@@ -21,10 +21,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from app.cache import EmbeddingCache, ImageEmbedding
-from app.encoder.pool import EncoderPool
-from app.encoder.preprocess import Pixels, preprocess
-from app.errors import Overloaded, ProxyError
+from app.engine.cache import EmbeddingCache, ImageEmbedding
+from app.engine.pool import EncoderPool
+from app.engine.preprocess import Pixels, preprocess
+from app.errors import EngineNotReady, ProxyError
 from app.ingest import ImageLimits, ImageSource, decode_image, read_image_source
 from app.metrics import Metrics
 from app.request_context import count_fact, note_stage
@@ -69,6 +69,14 @@ class ImagePipeline:
     @property
     def devices(self) -> list[str]:
         return self._pool.devices if self._pool is not None else []
+
+    @property
+    def queue_depth(self) -> int:
+        return self._pool.queue_depth if self._pool is not None else 0
+
+    @property
+    def workers_ready(self) -> int:
+        return self._pool.workers_ready if self._pool is not None else 0
 
     def attach(self, pool: EncoderPool) -> None:
         """Called once the pool's models are loaded; requests queue while it warms up."""
@@ -146,5 +154,5 @@ class ImagePipeline:
 
     def _require_pool(self) -> EncoderPool:
         if self._pool is None:
-            raise Overloaded("the image encoder is still loading", retry_after_s=5)
+            raise EngineNotReady("image encoder")
         return self._pool

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-DEFAULT_VOCABULARY = Path(__file__).parent / "data" / "labels.txt"
+DEFAULT_VOCABULARY = Path(__file__).parent.parent / "data" / "labels.txt"
 
 
 def read_vocabulary(path: Path | None = None) -> list[str]:
