@@ -12,8 +12,12 @@ Backends are tried in order: an in-process LRU bounded in bytes, then (with
 that fails or is slow is skipped, counted and logged; the vector is then computed, so the
 cache never fails a request. Concurrent requests for one key share one computation.
 
+Nothing read back is trusted: a value is used only if it is a vector this model could have
+made (its dimension, every value finite, norm within 1e-3 of 1). Anything else (a bit flip,
+another writer, a hand edit) is counted as an error, recomputed and overwritten.
+
     cache = EmbeddingCache([MemoryBackend(256 * MiB)], metrics)
-    cache.bind(namespace)                  # once the model is loaded
+    cache.bind(namespace, dim=768)         # once the model is loaded
     image = await cache.get_or_compute(sha256_hex, compute)
 """
 
@@ -60,7 +64,7 @@ class ImageEmbedding:
     @classmethod
     def from_bytes(cls, sha256: str, value: bytes) -> ImageEmbedding:
         if len(value) <= _HEADER.size or (len(value) - _HEADER.size) % 4:
-            raise CacheUnavailable(f"a cached value of {len(value)} bytes is malformed")
+            raise CacheCorrupt(f"a cached value of {len(value)} bytes is malformed")
         width, height = _HEADER.unpack_from(value)
         vector = np.frombuffer(value, dtype="<f4", offset=_HEADER.size).astype(np.float32)
         return cls(sha256=sha256, vector=vector, width=width, height=height)
@@ -74,6 +78,26 @@ def namespace_of(model_identity: str, preprocess_version: int, dtype: str) -> st
 
 class CacheUnavailable(Exception):
     """A backend could not answer (down, slow, or holding a malformed value)."""
+
+
+class CacheCorrupt(CacheUnavailable):
+    """A backend answered with a value this model could not have made."""
+
+
+# How far from 1 a stored unit vector's norm may be (float32 round-off is ~1e-7).
+_NORM_TOLERANCE = 1e-3
+
+
+def check_embedding(embedding: ImageEmbedding, dim: int | None) -> None:
+    """Raise `CacheCorrupt` unless `embedding` could be this model's output."""
+    vector = embedding.vector
+    if dim is not None and vector.shape != (dim,):
+        raise CacheCorrupt(f"a cached vector has {vector.size} values, the model makes {dim}")
+    if not np.isfinite(vector).all():
+        raise CacheCorrupt("a cached vector holds values that are not finite")
+    norm = float(np.linalg.norm(vector.astype(np.float64)))
+    if abs(norm - 1.0) > _NORM_TOLERANCE:
+        raise CacheCorrupt(f"a cached vector has norm {norm:.6g}, not 1")
 
 
 class CacheSkipped(CacheUnavailable):
@@ -194,6 +218,7 @@ class EmbeddingCache:
         self._metrics = metrics
         self._prefix = prefix
         self._namespace: str | None = None
+        self._dim: int | None = None
         self._flights: dict[str, _Flight] = {}
         self._writes: set[asyncio.Task[None]] = set()
         for backend in self._backends:
@@ -209,9 +234,11 @@ class EmbeddingCache:
     def backends(self) -> list[str]:
         return [backend.name for backend in self._backends]
 
-    def bind(self, namespace: str) -> None:
-        """Name the model, preprocessing and dtype the vectors come from (`namespace_of`)."""
+    def bind(self, namespace: str, *, dim: int | None = None) -> None:
+        """Name the model, preprocessing and dtype the vectors come from (`namespace_of`),
+        and the dimension of the model's vectors (a cached value of another is refused)."""
         self._namespace = namespace
+        self._dim = dim
 
     def key(self, sha256: str) -> str:
         if self._namespace is None:
@@ -276,7 +303,11 @@ class EmbeddingCache:
     async def _get(self, backend: CacheBackend, key: str, sha256: str) -> ImageEmbedding | None:
         try:
             value = await backend.get(key)
-            return None if value is None else ImageEmbedding.from_bytes(sha256, value)
+            if value is None:
+                return None
+            embedding = ImageEmbedding.from_bytes(sha256, value)
+            check_embedding(embedding, self._dim)
+            return embedding
         except CacheUnavailable as exc:
             self._failed(backend, "get", exc)
             return None

@@ -176,7 +176,9 @@ class Engine:
         False when the engine must not open (labels are on but cannot be computed)."""
         settings = self._settings
         identity = await asyncio.to_thread(model_identity, settings.clip_model)
-        self._cache.bind(namespace_of(identity, PREPROCESS_VERSION, str(vision.dtype)))
+        self._cache.bind(
+            namespace_of(identity, PREPROCESS_VERSION, str(vision.dtype)), dim=vision.dim
+        )
         try:
             text = await asyncio.to_thread(
                 ClipTextEncoder.load, settings.clip_model, vision.name, settings.encoder_dtype.value
