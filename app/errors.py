@@ -14,6 +14,8 @@ The tree (status in brackets):
     │   └── EngineNotReady    [503] a model still loading, or one that failed to load
     ├── RateLimited           [429] the proxy's own rate limit toward the upstream (Retry-After)
     ├── EncoderFailed         [500] the model itself failed on a good image
+    ├── ModelFailed           [500] OCR or the captioner failed on an image (ocr_failed, ...)
+    ├── EngineTimeout         [504] OCR or a caption not done within its deadline
     └── UpstreamError               the DeepSeek side
         ├── UpstreamUnreachable [502] connection refused, reset, bad response
         ├── UpstreamTimeout   [504] no answer in time
@@ -167,6 +169,20 @@ class EncoderFailed(ProxyError):
     status_code = 500
     error_type = "server_error"
     code = "encoder_failed"
+
+
+class ModelFailed(ProxyError):
+    """A model beside CLIP (OCR, captions) failed on one image; only its request fails."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "model_failed"
+
+
+class EngineTimeout(ProxyError):
+    status_code = 504
+    error_type = "server_error"
+    code = "engine_timeout"
 
 
 class UpstreamError(ProxyError):

@@ -146,6 +146,9 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
         decimals=settings.embedding_decimals,
         max_images=settings.max_images_per_request,
         templates=settings.templates(),
+        preset=settings.prompt_preset,
+        include_vector=settings.include_vector,
+        ocr_max_chars=settings.ocr_max_chars,
     )
     embeddings_options = EmbeddingsOptions(
         model_name=settings.clip_model,

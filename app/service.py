@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -20,13 +20,14 @@ from app.engine.engine import Engine, ImageDescription
 from app.errors import TooManyImages, UpstreamStatus, first_proxy_error
 from app.ingest import ImageSource
 from app.metrics import Metrics
-from app.protocol import ChatCompletionRequest, PromptFormat
+from app.protocol import ChatCompletionRequest, PromptFormat, PromptPreset
 from app.request_context import note_stage
 from app.rewrite import (
     ImageFacts,
     ImageTemplates,
     Location,
     Message,
+    clip_text,
     format_vector,
     last_user_index,
     rewrite_messages,
@@ -37,9 +38,10 @@ from app.upstream import UpstreamClient, UpstreamReply
 
 @dataclass(frozen=True)
 class DryRun:
-    """What would have gone upstream."""
+    """What would have gone upstream, and the characters of its messages."""
 
     body: dict[str, Any]
+    prompt_chars: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class ChatOptions:
     decimals: int
     max_images: int
     templates: ImageTemplates = field(default_factory=ImageTemplates)
+    preset: PromptPreset = PromptPreset.seed
+    include_vector: bool = False
+    ocr_max_chars: int = 2000
 
 
 class ChatService:
@@ -92,7 +97,11 @@ class ChatService:
         uploads: Sequence[ImageSource] = (),
         *,
         dry_run: bool = False,
+        preset: PromptPreset | None = None,
     ) -> ChatOutcome:
+        """`preset` is the request's header choice; the body's `clip_proxy.preset` wins."""
+        options = request.clip_proxy
+        preset = (options.preset if options else None) or preset or self._options.preset
         body = request.upstream_body()
         messages: list[Message] = body["messages"]
         attach_uploads(messages, len(uploads))
@@ -102,13 +111,20 @@ class ChatService:
                 f"{len(sources)} images in one request; the limit is {self._options.max_images}",
                 param="messages",
             )
-        images = await self._encode_all(sources)
+        images = await self._encode_all(sources, words=preset is PromptPreset.describe)
         body["messages"] = rewrite_messages(
-            messages, images, self._options.prompt_format, self._options.templates
+            messages,
+            images,
+            self._options.prompt_format,
+            self._options.templates,
+            preset=preset,
+            include_vector=self._options.include_vector,
         )
         body["model"] = body.get("model") or self._options.default_model
+        prompt_chars = len(orjson.dumps(body["messages"]).decode())
+        self._metrics.prompt_chars.labels(preset=preset.value).observe(prompt_chars)
         if dry_run:
-            return DryRun(body)
+            return DryRun(body, prompt_chars)
         stream = bool(body.get("stream"))
         sent_at = time.perf_counter()
         reply = await self._send_upstream(orjson.dumps(body), stream)
@@ -140,14 +156,16 @@ class ChatService:
         note_stage("upstream_ttfb", ttfb)
         return reply
 
-    async def _encode_all(self, sources: dict[Location, ImageSource]) -> dict[Location, ImageFacts]:
+    async def _encode_all(
+        self, sources: dict[Location, ImageSource], *, words: bool
+    ) -> dict[Location, ImageFacts]:
         if not sources:
             return {}
         started = time.perf_counter()
         results: dict[Location, ImageDescription] = {}
 
         async def encode_one(location: Location, source: ImageSource) -> None:
-            results[location] = await self._engine.describe(source)
+            results[location] = await self._engine.describe(source, words=words)
 
         try:
             # A TaskGroup cancels the siblings of a failed image, so one bad image stops
@@ -164,18 +182,23 @@ class ChatService:
             sha256 = described.embedding.sha256
             if sha256 not in facts_by_sha:
                 facts_by_sha[sha256] = self._facts(described)
+        # Each image part is numbered in request order, repeats included.
         return {
-            location: facts_by_sha[image.embedding.sha256] for location, image in results.items()
+            location: replace(facts_by_sha[results[location].embedding.sha256], index=number)
+            for number, location in enumerate(sorted(results), start=1)
         }
 
     def _facts(self, described: ImageDescription) -> ImageFacts:
-        embedding = described.embedding
+        embedding, ocr = described.embedding, described.ocr
         return ImageFacts(
             vector=format_vector(embedding.vector, self._options.decimals),
             sha256=embedding.sha256,
             width=embedding.width,
             height=embedding.height,
             labels=described.labels,
+            tags=described.tags,
+            ocr=None if ocr is None else clip_text(ocr, self._options.ocr_max_chars),
+            caption=described.caption,
         )
 
 

@@ -92,6 +92,10 @@ def proxy_settings(model_dir: Path, upstream_url: str, **overrides: Any) -> Sett
         "upstream_api_key": "sk-upstream-secret",
         "clip_model": str(model_dir),
         "device": "cpu",
+        # OCR and the describe preset's tags load models at start: only the tests of
+        # describe (tests/proxy/test_describe.py) turn them on, to keep CI quick.
+        "ocr_enabled": False,
+        "describe_tags_top_k": 0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -1,15 +1,20 @@
 """The engine: every model the proxy runs, behind one object.
 
 It owns the image and text pipelines, the content-addressed cache in front of them, the
-zero-shot labeler, the encoder pool and the GPU readings. Services ask it for vectors and
-descriptions and never see a model, a pool or a cache:
+zero-shot labeler, the CLIP pool, the OCR and caption pools beside it (with their own
+caches) and the GPU readings. Services ask it for vectors and descriptions and never see a
+model, a pool or a cache:
 
     engine = Engine.from_settings(settings, metrics, fetcher)
     await engine.start()                               # load, warm; `ready` turns True
     image = await engine.embed_image(source)           # ImageEmbedding: vector, sha256, size
     described = await engine.describe(source)          # the same, with the image's labels
+    described = await engine.describe(source, words=True)   # + tags, OCR text, caption
     vectors, tokens = await engine.embed_texts(["a photo of a dog"])
     await engine.aclose()
+
+The words are computed beside the vector, concurrently, each cached by the image's content
+(memory, then Redis) so replicas and later turns reuse them.
 
 Until a model is loaded, a call that needs it raises `EngineNotReady` (503 + Retry-After),
 the one "not ready" answer of every part of the engine.
@@ -18,7 +23,9 @@ the one "not ready" answer of every part of the engine.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +34,26 @@ import numpy as np
 
 from app.config import Settings
 from app.engine import clip
-from app.engine.cache import EmbeddingCache, ImageEmbedding, build_backends, namespace_of
-from app.engine.image_pipeline import ImagePipeline
-from app.engine.labels import Labeler, label_prompts, read_vocabulary
+from app.engine.cache import (
+    EmbeddingCache,
+    ImageEmbedding,
+    WordsCache,
+    build_backends,
+    namespace_of,
+)
+from app.engine.caption import Captioner
+from app.engine.image_pipeline import ImageBytes, ImagePipeline, own_param
+from app.engine.labels import Labeler, ensemble, label_prompts, read_vocabulary
+from app.engine.ocr import OcrModel, ocr_identity
 from app.engine.pool import BatchReport, EncoderPool, PoolEvents
 from app.engine.preprocess import PREPROCESS_VERSION
 from app.engine.text import ClipTextEncoder, load_logit_scale, model_identity
 from app.engine.text_pipeline import TextPipeline, Vectors
+from app.engine.workers import WorkerEvents, WorkerPool
+from app.errors import ProxyError
 from app.ingest import ImageLimits, ImageSource
 from app.metrics import MemoryReading, Metrics
+from app.request_context import note_stage
 from app.safe_fetch import SafeFetcher
 
 logger = logging.getLogger(__name__)
@@ -46,7 +64,10 @@ class ImageDescription:
     """One image as the prompt may show it: its embedding and the words found for it."""
 
     embedding: ImageEmbedding
-    labels: str = ""
+    labels: str = ""  # the {labels} of the seed templates (LABELS_TOP_K)
+    tags: str = ""  # the describe preset's tags (DESCRIBE_TAGS_*)
+    ocr: str | None = None  # the text in the image, in reading order; None: no OCR ran
+    caption: str = ""
 
 
 class Engine:
@@ -59,6 +80,9 @@ class Engine:
         texts: TextPipeline,
         cache: EmbeddingCache,
         metrics: Metrics,
+        *,
+        ocr: WorkerPool[ImageBytes, str] | None = None,
+        captions: WorkerPool[ImageBytes, str] | None = None,
     ) -> None:
         self._settings = settings
         self._images = images
@@ -66,8 +90,21 @@ class Engine:
         self._cache = cache
         self._metrics = metrics
         self._labeler: Labeler | None = None
+        self._ocr = ocr
+        self._captions = captions
+        self._ocr_cache = WordsCache(
+            cache.backend_list, metrics, kind="ocr", prefix=settings.cache_key_prefix
+        )
+        self._ocr_cache.bind(namespace_of(ocr_identity(), 1, "ocr"))
+        self._caption_cache = WordsCache(
+            cache.backend_list, metrics, kind="caption", prefix=settings.cache_key_prefix
+        )
+        self._caption_cache.bind(namespace_of(f"{settings.caption_model}", 1, "caption"))
         metrics.encoder_queue_depth.set_function(lambda: images.queue_depth)
         metrics.encoder_workers_ready.set_function(lambda: images.workers_ready)
+        for pool in (ocr, captions):
+            if pool is not None:
+                _watch(metrics, pool)
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics, fetcher: SafeFetcher) -> Engine:
@@ -89,7 +126,36 @@ class Engine:
             preprocess_threads=settings.preprocess_threads,
             metrics=metrics,
         )
-        return cls(settings, images, TextPipeline(), cache, metrics)
+        ocr = captions = None
+        if settings.ocr_enabled:
+            ocr = WorkerPool(
+                "ocr",
+                functools.partial(
+                    OcrModel.load,
+                    threads=settings.ocr_threads,
+                    decode=images.decode,
+                    use_cuda=settings.ocr_device == "cuda",
+                ),
+                workers=settings.ocr_workers,
+                max_queue=settings.ocr_queue_size,
+                timeout_s=settings.ocr_timeout_s,
+                events=MetricsWorkerEvents(metrics, "ocr"),
+            )
+        if settings.caption_model:
+            captions = WorkerPool(
+                "caption",
+                functools.partial(
+                    Captioner.load,
+                    settings.caption_model,
+                    caption_device(settings.caption_device),
+                    images.decode,
+                ),
+                max_batch=settings.caption_max_batch,
+                max_queue=settings.caption_queue_size,
+                timeout_s=settings.caption_timeout_s,
+                events=MetricsWorkerEvents(metrics, "caption"),
+            )
+        return cls(settings, images, TextPipeline(), cache, metrics, ocr=ocr, captions=captions)
 
     @staticmethod
     def gpu_memory() -> MemoryReading:
@@ -99,8 +165,11 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        """Every encoder worker loaded and warm (labels, when on, computed before that)."""
-        return self._images.ready
+        """Every encoder worker loaded and warm (labels, when on, computed before that), and
+        the OCR and caption workers too when they are on."""
+        return self._images.ready and all(
+            pool.ready for pool in (self._ocr, self._captions) if pool is not None
+        )
 
     @property
     def devices(self) -> list[str]:
@@ -118,6 +187,9 @@ class Engine:
         exception was never retrieved".
         """
         settings = self._settings
+        for words in (self._ocr, self._captions):
+            if words is not None:
+                words.start()  # each worker loads its model in its own thread, meanwhile
         try:
             encoders = await asyncio.to_thread(
                 clip.load_encoders,
@@ -154,7 +226,12 @@ class Engine:
         # Stopping the pool joins its worker threads (a CPU batch may take seconds): off
         # the event loop, so streams still draining keep flowing.
         await asyncio.to_thread(self._images.close)
+        for words in (self._ocr, self._captions):
+            if words is not None:
+                await asyncio.to_thread(words.stop)
         self._texts.close()
+        await self._ocr_cache.aclose()
+        await self._caption_cache.aclose()
         await self._cache.aclose()
 
     async def embed_image(self, source: ImageSource) -> ImageEmbedding:
@@ -165,11 +242,59 @@ class Engine:
         """CLIP text vectors, (n, dim), in the image vectors' space, and each text's tokens."""
         return await self._texts.vectors(texts)
 
-    async def describe(self, source: ImageSource) -> ImageDescription:
-        """The image's embedding and its labels (when labels are on)."""
-        embedding = await self._images.embed(source)
-        labels = self._labeler.describe(embedding.vector) if self._labeler else ""
-        return ImageDescription(embedding=embedding, labels=labels)
+    def attach_ocr_pool(self, pool: WorkerPool[ImageBytes, str]) -> None:
+        """Read text with `pool` (started); the one it replaces is stopped (tests)."""
+        old, self._ocr = self._ocr, pool
+        _watch(self._metrics, pool)
+        if old is not None and old is not pool:
+            old.stop()
+
+    async def describe(self, source: ImageSource, *, words: bool = False) -> ImageDescription:
+        """The image's embedding and its labels (when labels are on); with `words`, also
+        its tags, the text in it (OCR) and a caption, each when it is on."""
+        image = await self._images.read(source)
+        if not words:
+            embedding = await self._images.embed_bytes(image)
+            return ImageDescription(embedding=embedding, labels=self._labels(embedding))
+        async with asyncio.TaskGroup() as group:
+            vector = group.create_task(self._images.embed_bytes(image))
+            ocr = group.create_task(self._words(self._ocr, self._ocr_cache, image))
+            caption = group.create_task(self._words(self._captions, self._caption_cache, image))
+        embedding = vector.result()
+        settings = self._settings
+        tags = ""
+        if self._labeler is not None and settings.describe_tags_top_k > 0:
+            tags = self._labeler.describe(
+                embedding.vector, settings.describe_tags_top_k, settings.describe_tags_min_score
+            )
+        return ImageDescription(
+            embedding=embedding,
+            labels=self._labels(embedding),
+            tags=tags,
+            ocr=ocr.result() if self._ocr is not None else None,
+            caption=caption.result(),
+        )
+
+    def _labels(self, embedding: ImageEmbedding) -> str:
+        if self._labeler is None or self._settings.labels_top_k == 0:
+            return ""
+        return self._labeler.describe(embedding.vector)
+
+    async def _words(
+        self, pool: WorkerPool[ImageBytes, str] | None, cache: WordsCache, image: ImageBytes
+    ) -> str:
+        if pool is None:
+            return ""
+        started = time.perf_counter()
+        try:
+            return await cache.get_or_compute(image.sha256, lambda: pool.run(image))
+        except ProxyError as exc:
+            own = own_param(exc, image.param)
+            if own is exc:
+                raise
+            raise own from exc
+        finally:
+            note_stage(pool.kind, time.perf_counter() - started)
 
     async def _start_text_side(self, vision: clip.ClipImageEncoder) -> bool:
         """Name the cache's namespace, load the text tower, and encode the label vocabulary.
@@ -193,6 +318,11 @@ class Engine:
         if settings.labels_top_k > 0:
             # Before `attach`: the text tower serves one caller at a time (ClipTextEncoder).
             self._labeler = await asyncio.to_thread(build_labeler, settings, text)
+        elif settings.describe_tags_top_k > 0:
+            try:
+                self._labeler = await asyncio.to_thread(build_labeler, settings, text)
+            except Exception:  # tags are a nicety of describe: without them it still works
+                logger.exception("the describe preset's tags could not be computed; no tags")
         self._texts.attach(text)
         return True
 
@@ -201,15 +331,51 @@ def build_labeler(settings: Settings, text: ClipTextEncoder) -> Labeler:
     """Every label's text vector, computed once at start."""
     path = Path(settings.labels_vocabulary) if settings.labels_vocabulary else None
     labels = read_vocabulary(path)
-    prompts = label_prompts(labels, settings.labels_prompt)
-    batches = range(0, len(prompts), 256)
-    vectors = [text.encode(prompts[start : start + 256])[0] for start in batches]
+    per_template = []
+    for template in settings.labels_prompt.split("|"):
+        prompts = label_prompts(labels, template)
+        batches = range(0, len(prompts), 256)
+        vectors = [text.encode(prompts[start : start + 256])[0] for start in batches]
+        per_template.append(np.concatenate(vectors))
     return Labeler(
         labels=labels,
-        vectors=np.concatenate(vectors),
+        vectors=ensemble(per_template),
         logit_scale=load_logit_scale(settings.clip_model),
         top_k=settings.labels_top_k,
+        min_score=settings.labels_min_score,
     )
+
+
+def caption_device(setting: str) -> str:
+    """`auto`: the first GPU if there is one, else the CPU."""
+    if setting != "auto":
+        return "cuda:0" if setting == "cuda" else setting
+    devices = clip.resolve_devices(["auto"])
+    return devices[0]
+
+
+def _watch(metrics: Metrics, pool: WorkerPool[ImageBytes, str]) -> None:
+    metrics.words_queue_depth.labels(kind=pool.kind).set_function(lambda: pool.queue_depth)
+    metrics.words_workers_ready.labels(kind=pool.kind).set_function(lambda: pool.workers_ready)
+
+
+class MetricsWorkerEvents(WorkerEvents):
+    """An OCR or caption pool's events as Prometheus metrics."""
+
+    def __init__(self, metrics: Metrics, kind: str) -> None:
+        self._metrics = metrics
+        self._kind = kind
+        self._duration = metrics.ocr_duration if kind == "ocr" else metrics.caption_duration
+        for reason in ("failed", "timeout", "overloaded"):
+            metrics.words_errors.labels(kind=kind, reason=reason)
+
+    def ran(self, size: int, seconds: float, queue_wait_s: list[float]) -> None:
+        self._duration.observe(seconds)
+        for wait in queue_wait_s:
+            self._metrics.words_queue_seconds.labels(kind=self._kind).observe(wait)
+
+    def failed(self, reason: str) -> None:
+        self._metrics.words_errors.labels(kind=self._kind, reason=reason).inc()
 
 
 class MetricsPoolEvents(PoolEvents):
