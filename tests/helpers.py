@@ -124,6 +124,23 @@ def fresh_png(seed: int) -> bytes:
     return data[:33] + chunk + data[33:]  # after the 8-byte signature and the IHDR chunk
 
 
+def text_png(lines: list[str], size: int = 28, margin: int = 16) -> bytes:
+    """Black text on white, one line per entry, in Pillow's own scalable font (no system
+    fonts needed): a small screenshot for OCR tests."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=size)
+    widths = [int(font.getlength(line)) for line in lines]
+    image = Image.new("RGB", (max(widths) + 2 * margin, len(lines) * size * 3 // 2 + 2 * margin))
+    image.paste("white", (0, 0, *image.size))
+    draw = ImageDraw.Draw(image)
+    for number, line in enumerate(lines):
+        draw.text((margin, margin + number * size * 3 // 2), line, fill="black", font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def parse_vector(text: str) -> np.ndarray:
     return np.array([float(value) for value in text.split(",")], dtype=np.float64)
 

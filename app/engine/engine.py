@@ -187,9 +187,8 @@ class Engine:
         exception was never retrieved".
         """
         settings = self._settings
-        for words in (self._ocr, self._captions):
-            if words is not None:
-                words.start()  # each worker loads its model in its own thread, meanwhile
+        if self._ocr is not None:
+            self._ocr.start()  # each worker loads its model in its own thread, meanwhile
         try:
             encoders = await asyncio.to_thread(
                 clip.load_encoders,
@@ -216,6 +215,10 @@ class Engine:
         pool.start()
         self.attach_pool(pool)
         logger.info("encoder loaded; warming up", extra={"devices": pool.devices})
+        if self._captions is not None:
+            # After CLIP, not beside it: transformers sets torch's default dtype while it
+            # loads a model, and two loads at once in two threads mix their dtypes.
+            self._captions.start()
 
     def attach_pool(self, pool: EncoderPool) -> None:
         """Serve images from `pool` (started); the one it replaces is stopped. Tests and
