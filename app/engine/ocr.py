@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import unicodedata
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -55,6 +56,9 @@ class OcrModel:
         from rapidocr_onnxruntime import RapidOCR
 
         engine = RapidOCR(
+            # The 0/180-degree classifier is off: screenshots and documents arrive upright,
+            # and it turned a plain 20 px English line upside down (then read nothing).
+            use_cls=False,
             det_limit_type="max",
             det_limit_side_len=MAX_SIDE,
             intra_op_num_threads=threads,
@@ -92,20 +96,33 @@ class OcrModel:
 
 
 def reading_order(pieces: list[tuple[np.ndarray, str]]) -> str:
-    """Lines top to bottom, pieces left to right within a line."""
-    boxes = sorted(
-        (
-            (float(box[:, 1].mean()), float(box[:, 1].max() - box[:, 1].min()), box, text)
-            for box, text in pieces
-        ),
-        key=lambda entry: entry[0],
-    )
-    lines: list[list[tuple[float, str]]] = []
-    line_centre = line_height = 0.0
-    for centre, height, box, text in boxes:
-        if lines and abs(centre - line_centre) <= max(line_height, height) / 2:
-            lines[-1].append((float(box[:, 0].min()), text))
-            continue
-        lines.append([(float(box[:, 0].min()), text)])
-        line_centre, line_height = centre, height
-    return "\n".join(" ".join(text for _, text in sorted(line)) for line in lines)
+    """Lines top to bottom, pieces left to right within a line.
+
+    Each box is a rotated rectangle (top-left, top-right, bottom-right, bottom-left), so a
+    tilted line still has its true text height and slope: a piece joins the line whose
+    course, extended to the piece's centre, passes within half a text height of it.
+    """
+    lines: list[_Line] = []
+    for box, text in sorted(pieces, key=lambda piece: float(piece[0][:, 1].mean())):
+        centre_x, centre_y = (float(value) for value in box.mean(axis=0))
+        height = float(np.linalg.norm(box[3] - box[0]))
+        run, rise = (float(value) for value in box[1] - box[0])
+        slope = rise / run if run > 0 else 0.0
+        for line in lines:
+            expected = line.y + line.slope * (centre_x - line.x)
+            if abs(centre_y - expected) <= max(height, line.height) / 2:
+                line.pieces.append((float(box[:, 0].min()), text))
+                break
+        else:
+            lines.append(_Line(centre_x, centre_y, slope, height, [(float(box[:, 0].min()), text)]))
+    lines.sort(key=lambda line: line.y - line.slope * line.x)  # where each meets x = 0
+    return "\n".join(" ".join(text for _, text in sorted(line.pieces)) for line in lines)
+
+
+@dataclass
+class _Line:
+    x: float  # the centre of its first piece
+    y: float
+    slope: float
+    height: float
+    pieces: list[tuple[float, str]]
