@@ -23,7 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
 
     make = commands.add_parser(
-        "make-test-model", help="write a tiny random-weight CLIP checkpoint for tests"
+        "make-test-model",
+        help="write a tiny random-weight CLIP checkpoint (and DIR/captioner) for tests",
     )
     make.add_argument("directory", type=Path)
     make.add_argument("--projection-dim", type=int, default=768)
@@ -83,11 +84,13 @@ def _secrets(settings: Settings) -> list[str]:
 
 
 def _make_test_model(directory: Path, projection_dim: int, vit_l14: bool) -> int:
-    from app.engine.test_model import VIT_L14_VISION, make_test_model
+    from app.engine.test_model import VIT_L14_VISION, make_test_captioner, make_test_model
 
     vision = VIT_L14_VISION if vit_l14 else None
     make_test_model(directory, projection_dim=projection_dim, vision=vision)
+    make_test_captioner(directory / "captioner")
     print(f"wrote a test CLIP checkpoint to {directory}")
+    print(f"wrote a test captioner (CLIP_PROXY_CAPTION_MODEL) to {directory / 'captioner'}")
     return 0
 
 
