@@ -3,6 +3,7 @@ and /metrics. Fixtures that build on these live in conftest.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -12,6 +13,7 @@ import socket
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,14 @@ def text_png(lines: list[str], size: int = 28, margin: int = 16) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Poll `condition` on the event loop (bounded): for states other threads change."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
 
 
 def parse_vector(text: str) -> np.ndarray:

@@ -30,6 +30,7 @@ from tests.helpers import (
     image_message,
     metric_value,
     text_png,
+    wait_for,
 )
 from tests.upstream_server import FakeUpstream
 
@@ -358,3 +359,39 @@ def test_captions_from_the_tiny_captioner_reach_the_prompt(
         == 1
     )
     assert again.status_code == 200
+
+
+def test_a_full_ocr_queue_answers_503_at_once(start_proxy: Callable[..., ProxyServer]) -> None:
+    proxy = start_proxy(prompt_preset="describe")
+    engine = proxy.app.state.clip_proxy.engine
+    decode = engine._images.decode
+    model = _Poisoned(OcrModel.load(threads=1, decode=decode), decode)
+    model.gate.clear()
+    pool: WorkerPool[ImageBytes, str] = WorkerPool("ocr", lambda: model, max_queue=1)
+    pool.start()
+    assert pool.wait_ready(30)
+    engine.attach_ocr_pool(pool)
+    shots = [data_url(text_png([f"queue {n}"])) for n in range(3)]
+
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+
+            def post(url: str) -> asyncio.Task[httpx.Response]:
+                body = {"messages": [image_message(url)]}
+                return asyncio.create_task(
+                    client.post(proxy.url + CHAT, json=body, headers=DRY_RUN)
+                )
+
+            first = post(shots[0])
+            await wait_for(model.entered.is_set)  # the worker holds image 1 in the model
+            second = post(shots[1])
+            await wait_for(lambda: pool.queue_depth == 1)  # image 2 fills the queue
+            refused = await post(shots[2])
+            model.gate.set()
+            return [refused, await first, await second]
+
+    refused, first, second = asyncio.run(scenario())
+
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert refused.json()["error"]["type"] == "overloaded_error"
+    assert [first.status_code, second.status_code] == [200, 200]

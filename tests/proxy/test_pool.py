@@ -34,6 +34,7 @@ from tests.helpers import (
     data_url,
     metric_value,
     parse_vector,
+    wait_for,
 )
 
 POISON = 1234.5  # first pixel value that makes a wrapped encoder misbehave
@@ -306,13 +307,6 @@ def test_readyz_is_503_while_a_worker_is_down(
     assert ready.status_code == 503
     assert ready.headers["retry-after"]
     assert metric_value(proxy.url, "clip_proxy_encoder_workers_ready") == 0
-
-
-async def wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 # On the pool itself
