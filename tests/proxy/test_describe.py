@@ -395,3 +395,27 @@ def test_a_full_ocr_queue_answers_503_at_once(start_proxy: Callable[..., ProxySe
     assert refused.status_code == 503 and refused.headers["retry-after"]
     assert refused.json()["error"]["type"] == "overloaded_error"
     assert [first.status_code, second.status_code] == [200, 200]
+
+
+def test_readyz_waits_for_the_ocr_pool(start_proxy: Callable[..., ProxyServer]) -> None:
+    proxy = start_proxy()
+    assert httpx.get(proxy.url + "/readyz").status_code == 200
+
+    def broken() -> OcrModel:
+        raise RuntimeError("the OCR models are missing")
+
+    pool: WorkerPool[ImageBytes, str] = WorkerPool("ocr", broken)
+    pool.start()
+    assert not pool.wait_ready(10) and pool.load_failed
+    proxy.app.state.clip_proxy.engine.attach_ocr_pool(pool)
+
+    ready = httpx.get(proxy.url + "/readyz")
+    described = dry_run(
+        proxy,
+        {"messages": [image_message(data_url(SCREENSHOT))]},
+        {"X-Clip-Proxy-Preset": "describe"},
+    )
+
+    assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
+    assert described.status_code == 503 and described.json()["error"]["code"] == "not_ready"
+    assert metric_value(proxy.url, "clip_proxy_words_workers_ready", kind="ocr") == 0
