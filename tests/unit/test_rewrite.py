@@ -128,3 +128,24 @@ def test_describe_without_ocr_says_nothing_of_text_and_with_none_found_says_so()
     assert "Text in the image: none" in describe_image(ImageFacts(vector="v", ocr=""))
     with_vector = describe_image(ImageFacts(vector="0.1,0.2"), include_vector=True)
     assert with_vector.endswith("CLIP vector: 0.1,0.2\n</image>")
+
+
+def test_describe_in_content_part_format_is_a_text_part() -> None:
+    from app.protocol import PromptPreset
+    from app.rewrite import ImageFacts, describe_image, rewrite_messages
+
+    facts = ImageFacts(vector="0.5,0.5", width=2, height=1, ocr="hello", index=1)
+    parts = [
+        {"type": "text", "text": "Read it"},
+        {"type": "image_url", "image_url": {"url": "x"}},
+    ]
+    rewritten = rewrite_messages(
+        [{"role": "user", "content": parts}],
+        {(0, 1): facts},
+        PromptFormat.content_part,
+        preset=PromptPreset.describe,
+    )
+    assert rewritten[0]["content"] == [
+        {"type": "text", "text": "Read it"},
+        {"type": "text", "text": describe_image(facts)},
+    ]
