@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     make = commands.add_parser(
         "make-test-model",
-        help="write a tiny random-weight CLIP checkpoint for tests",
+        help="write a tiny random-weight CLIP checkpoint (and DIR/captioner) for tests",
         formatter_class=defaults,
     )
     make.add_argument("directory", type=Path)
@@ -144,11 +144,13 @@ def _secrets(settings: Settings, *, upstream: bool = True) -> list[str]:
 
 
 def _make_test_model(directory: Path, projection_dim: int, vit_l14: bool) -> int:
-    from app.encoder.test_model import VIT_L14_VISION, make_test_model
+    from app.engine.test_model import VIT_L14_VISION, make_test_captioner, make_test_model
 
     vision = VIT_L14_VISION if vit_l14 else None
     make_test_model(directory, projection_dim=projection_dim, vision=vision)
+    make_test_captioner(directory / "captioner")
     print(f"wrote a test CLIP checkpoint to {directory}")
+    print(f"wrote a test captioner (CLIP_PROXY_CAPTION_MODEL) to {directory / 'captioner'}")
     return 0
 
 

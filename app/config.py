@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.forward_headers import NEVER_FORWARDED
-from app.protocol import PromptFormat
+from app.protocol import PromptFormat, PromptPreset
 from app.rewrite import ImageTemplates, template_fields
 
 _DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:\d+)$")
@@ -224,7 +224,40 @@ class Settings(BaseSettings):
     # shipped COCO + scenes list), each label encoded as labels_prompt. 0 turns them off.
     labels_top_k: int = Field(0, ge=0, le=100)
     labels_vocabulary: str = ""
-    labels_prompt: str = "a photo of a {label}"
+    # Several prompts separated by "|" are an ensemble: a label's vector is the normalised
+    # mean of its prompts' vectors (CLIP's prompt ensembling).
+    labels_prompt: str = (
+        "a photo of a {label}.|a picture of a {label}.|a close-up photo of a {label}."
+        "|an image of a {label}."
+    )
+    # Labels scoring below this (softmax over the vocabulary) are left out; 0 keeps top k.
+    labels_min_score: float = Field(0.0, ge=0, le=1)
+
+    # --- Words beside the vector: OCR, tags, captions, presets (issue #14) ---
+    # seed: the seed's formats, byte for byte. describe: each image as text R1 can read.
+    # A request may choose with `X-Clip-Proxy-Preset` or `"clip_proxy": {"preset": ...}`.
+    prompt_preset: PromptPreset = PromptPreset.seed
+    # describe: the vector too (thousands of tokens per image that a stock R1 cannot read).
+    include_vector: bool = False
+    # describe: the tags, the top k of the label vocabulary scoring at least the minimum.
+    describe_tags_top_k: int = Field(5, ge=0, le=100)
+    describe_tags_min_score: float = Field(0.05, ge=0, le=1)
+    # OCR (RapidOCR, offline): its own pool beside CLIP; false: describe shows no text.
+    ocr_enabled: bool = True
+    ocr_max_chars: int = Field(2000, ge=0)
+    ocr_workers: int = Field(1, ge=1, le=64)
+    # onnxruntime threads per OCR worker.
+    ocr_threads: int = Field(2, ge=1, le=64)
+    # cuda needs onnxruntime-gpu installed in place of onnxruntime.
+    ocr_device: Literal["cpu", "cuda"] = "cpu"
+    ocr_queue_size: int = Field(64, ge=1, le=100_000)
+    ocr_timeout_s: float = Field(30.0, gt=0)
+    # Captions: a transformers image-to-text checkpoint (hub id or directory); empty = off.
+    caption_model: str = ""
+    caption_device: str = "auto"
+    caption_max_batch: int = Field(8, ge=1, le=256)
+    caption_queue_size: int = Field(64, ge=1, le=100_000)
+    caption_timeout_s: float = Field(60.0, gt=0)
 
     @field_validator("image_template", "retained_image_template", "retained_ref_template")
     @classmethod
@@ -235,14 +268,22 @@ class Settings(BaseSettings):
     @field_validator("labels_prompt")
     @classmethod
     def _check_labels_prompt(cls, value: str) -> str:
-        if "{label}" not in value:
-            raise ValueError("CLIP_PROXY_LABELS_PROMPT must contain {label}")
-        try:
-            value.format(label="label")  # any other placeholder would fail at start-up
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"CLIP_PROXY_LABELS_PROMPT: only {{label}} may be in braces ({exc!r})"
-            ) from exc
+        for prompt in value.split("|"):
+            if "{label}" not in prompt:
+                raise ValueError("CLIP_PROXY_LABELS_PROMPT: every prompt must contain {label}")
+            try:
+                prompt.format(label="label")  # any other placeholder would fail at start-up
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"CLIP_PROXY_LABELS_PROMPT: only {{label}} may be in braces ({exc!r})"
+                ) from exc
+        return value
+
+    @field_validator("caption_device")
+    @classmethod
+    def _check_caption_device(cls, value: str) -> str:
+        if value != "auto" and not _DEVICE_PATTERN.match(value):
+            raise ValueError(f"CLIP_PROXY_CAPTION_DEVICE: {value!r} is not auto, cpu or cuda:N")
         return value
 
     @field_validator("api_keys_file", "labels_vocabulary")

@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.engine.engine import Engine
 from app.errors import InvalidRequest, TooManyImages, first_proxy_error
-from app.image_pipeline import ImagePipeline
 from app.ingest import ImageSource
 from app.protocol import EmbeddingRequest
-from app.text_pipeline import TextPipeline
 
 _IMAGE_PREFIXES = ("data:", "http://", "https://")
 
@@ -40,18 +39,15 @@ def is_image_input(text: str) -> bool:
 class EmbeddingsService:
     """Answers `POST /v1/embeddings` in OpenAI's shape."""
 
-    def __init__(
-        self, options: EmbeddingsOptions, images: ImagePipeline, texts: TextPipeline
-    ) -> None:
+    def __init__(self, options: EmbeddingsOptions, engine: Engine) -> None:
         self._options = options
-        self._images = images
-        self._texts = texts
+        self._engine = engine
 
     async def create(self, request: EmbeddingRequest) -> dict[str, Any]:
         inputs = text_inputs(request.input)
         single = isinstance(request.input, str)
         self._check(inputs, single)
-        self._check_dimensions(request.dimensions, self._images.dim)
+        self._check_dimensions(request.dimensions, self._engine.dim)
         vectors: list[npt.NDArray[np.float32] | None] = [None] * len(inputs)
         image_indexes = [index for index, text in enumerate(inputs) if is_image_input(text)]
         text_indexes = sorted(set(range(len(inputs))) - set(image_indexes))
@@ -66,11 +62,11 @@ class EmbeddingsService:
         async def embed_image(index: int) -> None:
             param = "input" if single else f"input[{index}]"
             source = ImageSource.from_url(inputs[index], param)
-            vectors[index] = (await self._images.embed(source)).vector
+            vectors[index] = (await self._engine.embed_image(source)).vector
 
         async def embed_texts() -> None:
             nonlocal tokens
-            text_vectors, counts = await self._texts.vectors([inputs[i] for i in text_indexes])
+            text_vectors, counts = await self._engine.embed_texts([inputs[i] for i in text_indexes])
             for index, vector in zip(text_indexes, text_vectors, strict=True):
                 vectors[index] = vector
             tokens = sum(counts)

@@ -11,9 +11,12 @@ The tree (status in brackets):
     ├── NotFound              [404] a model the upstream does not list
     ├── PayloadTooLarge       [413] body or image over its byte limit
     ├── Unauthorized          [401] missing or wrong client key
-    ├── Overloaded            [503] queue full, not ready, draining (carries Retry-After)
+    ├── Overloaded            [503] queue full, draining (carries Retry-After)
+    │   └── EngineNotReady    [503] a model still loading, or one that failed to load
     ├── RateLimited           [429] the proxy's own rate limit toward the upstream (Retry-After)
     ├── EncoderFailed         [500] the model itself failed on a good image
+    ├── ModelFailed           [500] OCR or the captioner failed on an image (ocr_failed, ...)
+    ├── EngineTimeout         [504] OCR or a caption not done within its deadline
     └── UpstreamError               the DeepSeek side
         ├── UpstreamUnreachable [502] connection refused, reset, bad response
         ├── UpstreamTimeout   [504] no answer in time
@@ -147,6 +150,16 @@ class Overloaded(ProxyError):
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
+class EngineNotReady(Overloaded):
+    """The engine's one "not ready" answer: a model is still loading (or failed to load, and
+    /readyz says so). Clients retry after `Retry-After`; nothing is wrong with their request."""
+
+    code = "not_ready"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the {what} is not ready", retry_after_s=5)
+
+
 class RateLimited(ProxyError):
     """The proxy's client-side rate limit toward the upstream is full for longer than a
     request may wait; the client should come back after `Retry-After` seconds."""
@@ -163,6 +176,20 @@ class EncoderFailed(ProxyError):
     status_code = 500
     error_type = "server_error"
     code = "encoder_failed"
+
+
+class ModelFailed(ProxyError):
+    """A model beside CLIP (OCR, captions) failed on one image; only its request fails."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "model_failed"
+
+
+class EngineTimeout(ProxyError):
+    status_code = 504
+    error_type = "server_error"
+    code = "engine_timeout"
 
 
 class UpstreamError(ProxyError):

@@ -302,6 +302,64 @@ class Metrics:
             registry=r,
         )
 
+        # Words beside the vector (issue #14): OCR and caption pools, their cache.
+        self.ocr_duration = Histogram(
+            "clip_proxy_ocr_duration_seconds",
+            "Time to read the text in one image (decode + detection + recognition)",
+            buckets=_ENCODE_BUCKETS,
+            registry=r,
+        )
+        self.caption_duration = Histogram(
+            "clip_proxy_caption_duration_seconds",
+            "Time to caption one batch of images",
+            buckets=_ENCODE_BUCKETS,
+            registry=r,
+        )
+        self.words_queue_seconds = Histogram(
+            "clip_proxy_words_queue_seconds",
+            "Time an image waited for an OCR or caption worker",
+            ["kind"],
+            buckets=_ENCODE_BUCKETS,
+            registry=r,
+        )
+        self.words_queue_depth = Gauge(
+            "clip_proxy_words_queue_depth",
+            "Images waiting for an OCR or caption worker",
+            ["kind"],
+            registry=r,
+        )
+        self.words_workers_ready = Gauge(
+            "clip_proxy_words_workers_ready",
+            "OCR or caption workers loaded and warm",
+            ["kind"],
+            registry=r,
+        )
+        self.words_errors = Counter(
+            "clip_proxy_words_errors",
+            "Images OCR or captioning failed on, by reason (failed, timeout, overloaded)",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.words_cache_hits = Counter(
+            "clip_proxy_words_cache_hits",
+            "OCR texts or captions found in a cache backend",
+            ["kind", "backend"],
+            registry=r,
+        )
+        self.words_cache_misses = Counter(
+            "clip_proxy_words_cache_misses",
+            "OCR text or caption lookups a cache backend did not hold",
+            ["kind", "backend"],
+            registry=r,
+        )
+        self.prompt_chars = Histogram(
+            "clip_proxy_prompt_chars",
+            "Characters of the messages sent upstream per chat request, by preset",
+            ["preset"],
+            buckets=(100, 300, 1000, 3000, 10_000, 30_000, 100_000, 300_000, 1_000_000),
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

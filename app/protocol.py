@@ -36,6 +36,13 @@ class PromptFormat(StrEnum):
     content_part = "content_part"
 
 
+class PromptPreset(StrEnum):
+    """What the upstream gets for each image (see `app.rewrite`)."""
+
+    seed = "seed"  # the seed's vector formats, byte for byte
+    describe = "describe"  # words R1 can read: text in the image, tags, a caption
+
+
 class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -93,15 +100,25 @@ class ChatMessage(OpenAIModel):
     content: str | list[ContentPart] | None = None
 
 
+class ProxyOptions(BaseModel):
+    """The body field `"clip_proxy": {...}`: options for this proxy, never sent upstream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: PromptPreset | None = None
+
+
 class ChatCompletionRequest(OpenAIModel):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     # Strict: "yes" or 1 must not quietly turn a JSON request into a stream.
     stream: StrictBool | None = None
+    clip_proxy: ProxyOptions | None = None
 
     def upstream_body(self) -> dict[str, Any]:
-        """The request as JSON-ready data, with only the fields the client set."""
-        return self.model_dump(exclude_unset=True)
+        """The request as JSON-ready data, with only the fields the client set (less the
+        proxy's own options)."""
+        return self.model_dump(exclude_unset=True, exclude={"clip_proxy"})
 
 
 class EmbeddingRequest(OpenAIModel):

@@ -12,7 +12,11 @@ Both drop `reasoning_content` from messages (DeepSeek rejects it in history); ev
 field is left as the client sent it.
 
 The inline tags are templates (`ImageTemplates`) with the placeholders {vector}, {labels},
-{sha256}, {width} and {height}; the defaults above are DESIGN.md's formats. Long
+{ocr}, {caption}, {index}, {sha256}, {width} and {height}; the defaults above are DESIGN.md's
+formats. Those are the `seed` preset. The `describe` preset writes each image as words a
+text-only model can read (`describe_image`): its text (OCR), tags and caption, the vector
+only when asked. Text found in an image is escaped (`escape_text`: `&`, `<`, `>` as
+entities), so a `</image>` in a screenshot can never close the markup around it. Long
 conversations stay within the upstream's context with `max_retained_vectors`: only the
 most recent N earlier images keep their vectors, older ones become the short
 `retained_ref` (by default `<retain_image_emb ref="sha256:..."/>`; in `content_part`, a
@@ -23,6 +27,7 @@ text part holding it).
 
 from __future__ import annotations
 
+import html
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,32 +35,71 @@ from typing import Any
 
 import numpy as np
 
-from app.protocol import PromptFormat, is_image_part
+from app.protocol import PromptFormat, PromptPreset, is_image_part
 
 Location = tuple[int, int]  # (message index, part index)
 Message = dict[str, Any]
 
-TEMPLATE_FIELDS = frozenset({"vector", "labels", "sha256", "width", "height"})
+TEMPLATE_FIELDS = frozenset(
+    {"vector", "labels", "ocr", "caption", "index", "sha256", "width", "height"}
+)
+
+
+def escape_text(text: str) -> str:
+    """Words from an image, made safe inside markup: `&`, `<` and `>` as entities."""
+    return html.escape(text, quote=False)
+
+
+def clip_text(text: str, max_chars: int) -> str:
+    """At most `max_chars` characters of `text`, saying how much was left out."""
+    if len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars]}\n[... {len(text) - max_chars} more characters]"
 
 
 @dataclass(frozen=True)
 class ImageFacts:
-    """What a template may say about one image; `vector` is already formatted."""
+    """What a template may say about one image; `vector` is already formatted. `ocr` is
+    None when no OCR ran, "" when it found no text."""
 
     vector: str
     sha256: str = ""
     width: int = 0
     height: int = 0
     labels: str = ""
+    tags: str = ""
+    ocr: str | None = None
+    caption: str = ""
+    index: int = 0  # 1-based, over the request's images in order
 
     def render(self, template: str) -> str:
         return template.format(
             vector=self.vector,
             labels=self.labels,
+            ocr=escape_text(self.ocr or ""),
+            caption=escape_text(self.caption),
+            index=self.index,
             sha256=self.sha256,
             width=self.width,
             height=self.height,
         )
+
+
+def describe_image(facts: ImageFacts, *, include_vector: bool = False) -> str:
+    """The `describe` preset's block for one image: what R1 can read about it."""
+    lines = [f'<image index="{facts.index}" width="{facts.width}" height="{facts.height}">']
+    if facts.caption:
+        lines.append(f"Caption: {escape_text(facts.caption)}")
+    if facts.ocr:
+        lines += ["Text in the image:", escape_text(facts.ocr)]
+    elif facts.ocr is not None:
+        lines.append("Text in the image: none")
+    if facts.tags:
+        lines.append(f"Looks like: {escape_text(facts.tags)}")
+    if include_vector:
+        lines.append(f"CLIP vector: {facts.vector}")
+    lines.append("</image>")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -103,9 +147,13 @@ def rewrite_messages(
     images: Mapping[Location, ImageFacts],
     prompt_format: PromptFormat,
     templates: ImageTemplates | None = None,
+    *,
+    preset: PromptPreset = PromptPreset.seed,
+    include_vector: bool = False,
 ) -> list[Message]:
     """New message dicts for the upstream; `images` holds the facts of each image part."""
     templates = templates or ImageTemplates()
+    describe = preset is PromptPreset.describe
     current = last_user_index(messages)
     as_refs = _retained_as_refs(messages, current, templates.max_retained_vectors)
     rewritten: list[Message] = []
@@ -123,7 +171,10 @@ def rewrite_messages(
                 facts = images.get(location)
                 if facts is None:
                     raise ValueError("image part without a vector")  # the service encodes all
-                if location in as_refs:
+                if describe:
+                    text = describe_image(facts, include_vector=include_vector)
+                    parts.append({"type": "text", "text": text})
+                elif location in as_refs:
                     parts.append({"type": "text", "text": facts.render(templates.retained_ref)})
                 elif prompt_format is PromptFormat.inline:
                     template = templates.retained if retained else templates.image

@@ -11,21 +11,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
-from app.cache import ImageEmbedding
+from app.engine.engine import Engine, ImageDescription
 from app.errors import TooManyImages, UpstreamStatus, first_proxy_error
-from app.image_pipeline import ImagePipeline
 from app.ingest import ImageSource
-from app.labels import Labeler
 from app.metrics import Metrics
 from app.protocol import (
     IMAGE_SIZES_HEADER,
     ChatCompletionRequest,
     PromptFormat,
+    PromptPreset,
     UploadedImagePart,
     is_image_part,
 )
@@ -35,6 +34,7 @@ from app.rewrite import (
     ImageTemplates,
     Location,
     Message,
+    clip_text,
     format_vector,
     last_user_index,
     rewrite_messages,
@@ -45,9 +45,10 @@ from app.upstream import UpstreamClient, UpstreamReply
 
 @dataclass(frozen=True)
 class DryRun:
-    """What would have gone upstream."""
+    """What would have gone upstream, and the characters of its messages."""
 
     body: dict[str, Any]
+    prompt_chars: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ class ChatOptions:
     # Toward the embedded echo upstream only: each image's pixel size in a header, for its
     # account of what it received (the seed's prompt does not carry sizes).
     send_image_sizes: bool = False
+    preset: PromptPreset = PromptPreset.seed
+    include_vector: bool = False
+    ocr_max_chars: int = 2000
 
 
 class ChatService:
@@ -99,17 +103,15 @@ class ChatService:
     def __init__(
         self,
         options: ChatOptions,
-        images: ImagePipeline,
+        engine: Engine,
         upstream: UpstreamClient,
         *,
         metrics: Metrics | None = None,
     ) -> None:
         self._options = options
-        self._images = images
+        self._engine = engine
         self._upstream = upstream
         self._metrics = metrics or Metrics()
-        # Set once the text tower has encoded the vocabulary, when labels are on.
-        self.labeler: Labeler | None = None
 
     @property
     def limits(self) -> ChatLimits:
@@ -125,7 +127,11 @@ class ChatService:
         uploads: Sequence[ImageSource] = (),
         *,
         dry_run: bool = False,
+        preset: PromptPreset | None = None,
     ) -> ChatOutcome:
+        """`preset` is the request's header choice; the body's `clip_proxy.preset` wins."""
+        options = request.clip_proxy
+        preset = (options.preset if options else None) or preset or self._options.preset
         body = request.upstream_body()
         messages: list[Message] = body["messages"]
         attach_uploads(messages, len(uploads))
@@ -136,13 +142,20 @@ class ChatService:
                 f"{len(sources)} images in one request; the limit is {max_images}",
                 param="messages",
             )
-        images = await self._encode_all(sources)
+        images = await self._encode_all(sources, words=preset is PromptPreset.describe)
         body["messages"] = rewrite_messages(
-            messages, images, self._options.prompt_format, self._options.templates
+            messages,
+            images,
+            self._options.prompt_format,
+            self._options.templates,
+            preset=preset,
+            include_vector=self._options.include_vector,
         )
         body["model"] = body.get("model") or self._options.default_model
+        prompt_chars = len(orjson.dumps(body["messages"]).decode())
+        self._metrics.prompt_chars.labels(preset=preset.value).observe(prompt_chars)
         if dry_run:
-            return DryRun(body)
+            return DryRun(body, prompt_chars)
         stream = bool(body.get("stream"))
         headers: dict[str, str] = {}
         if self._options.send_image_sizes and images:
@@ -180,14 +193,16 @@ class ChatService:
         note_stage("upstream_ttfb", ttfb)
         return reply
 
-    async def _encode_all(self, sources: dict[Location, ImageSource]) -> dict[Location, ImageFacts]:
+    async def _encode_all(
+        self, sources: dict[Location, ImageSource], *, words: bool
+    ) -> dict[Location, ImageFacts]:
         if not sources:
             return {}
         started = time.perf_counter()
-        results: dict[Location, ImageEmbedding] = {}
+        results: dict[Location, ImageDescription] = {}
 
         async def encode_one(location: Location, source: ImageSource) -> None:
-            results[location] = await self._images.embed(source)
+            results[location] = await self._engine.describe(source, words=words)
 
         try:
             # A TaskGroup cancels the siblings of a failed image, so one bad image stops
@@ -200,18 +215,27 @@ class ChatService:
         note_stage("images", time.perf_counter() - started)  # all images, side by side
         # A history repeats its images: each distinct one is formatted (and labelled) once.
         facts_by_sha: dict[str, ImageFacts] = {}
-        for embedding in results.values():
-            if embedding.sha256 not in facts_by_sha:
-                facts_by_sha[embedding.sha256] = self._facts(embedding)
-        return {location: facts_by_sha[image.sha256] for location, image in results.items()}
+        for described in results.values():
+            sha256 = described.embedding.sha256
+            if sha256 not in facts_by_sha:
+                facts_by_sha[sha256] = self._facts(described)
+        # Each image part is numbered in request order, repeats included.
+        return {
+            location: replace(facts_by_sha[results[location].embedding.sha256], index=number)
+            for number, location in enumerate(sorted(results), start=1)
+        }
 
-    def _facts(self, embedding: ImageEmbedding) -> ImageFacts:
+    def _facts(self, described: ImageDescription) -> ImageFacts:
+        embedding, ocr = described.embedding, described.ocr
         return ImageFacts(
             vector=format_vector(embedding.vector, self._options.decimals),
             sha256=embedding.sha256,
             width=embedding.width,
             height=embedding.height,
-            labels=self.labeler.describe(embedding.vector) if self.labeler else "",
+            labels=described.labels,
+            tags=described.tags,
+            ocr=None if ocr is None else clip_text(ocr, self._options.ocr_max_chars),
+            caption=described.caption,
         )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import torch
 
-from app.encoder.test_model import VIT_L14_VISION, make_test_model
+from app.engine.test_model import VIT_L14_VISION, make_test_model
 from tests.helpers import ProxyServer, data_url, images_encoded, proxy_settings
 from tests.upstream_server import FakeUpstream
 

@@ -43,10 +43,10 @@ from transformers import CLIPModel, CLIPProcessor
 from transformers.utils import logging as transformers_logging
 
 from app.config import Settings
-from app.encoder.clip import ClipImageEncoder, resolve_dtype
-from app.encoder.pool import EncoderPool
-from app.encoder.preprocess import PreprocessSpec, preprocess
-from app.encoder.test_model import VIT_L14_VISION, make_test_model
+from app.engine.clip import ClipImageEncoder, resolve_dtype
+from app.engine.pool import EncoderPool
+from app.engine.preprocess import PreprocessSpec, preprocess
+from app.engine.test_model import VIT_L14_VISION, make_test_model
 from app.ingest import ImageLimits, decode_image
 from app.main import create_app
 

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPModel
 
-from app.encoder.clip import ClipImageEncoder
-from app.encoder.preprocess import preprocess
-from app.encoder.test_model import VIT_L14_VISION, make_test_model
+from app.engine.clip import ClipImageEncoder
+from app.engine.preprocess import preprocess
+from app.engine.test_model import VIT_L14_VISION, make_test_model
 from app.ingest import ImageLimits, decode_image
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from app.encoder.test_model import make_test_model
+from app.engine.test_model import make_test_model
 from tests.helpers import DATA, PHOTOS, free_port
 from tests.upstream_server import FakeUpstream
 

@@ -12,8 +12,11 @@ done
 # The playground's browser tests (tests/proxy/test_playground.py): Chromium and its driver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# Fonts for the OCR benchmark's generated corpus (bench/ocr.py): Latin and CJK.
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf ] || need+=(fonts-dejavu-core)
+[ -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || need+=(fonts-noto-cjk)
 if [ "${#need[@]}" -gt 0 ]; then
-    packages=("${need[@]}")  # each tool is also its Debian package name
+    packages=("${need[@]}")  # each tool is also its Debian package name; fonts by theirs
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null

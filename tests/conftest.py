@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.encoder.test_model import make_test_model
+from app.engine.test_model import make_test_model
 from tests.helpers import DATA, PHOTOS, ProxyServer, proxy_settings
 from tests.upstream_server import FakeUpstream
 

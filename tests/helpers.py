@@ -3,6 +3,7 @@ and /metrics. Fixtures that build on these live in conftest.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -12,6 +13,7 @@ import socket
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,10 @@ def proxy_settings(model_dir: Path, upstream_url: str, **overrides: Any) -> Sett
         "upstream_api_key": "sk-upstream-secret",
         "clip_model": str(model_dir),
         "device": "cpu",
+        # OCR and the describe preset's tags load models at start: only the tests of
+        # describe (tests/proxy/test_describe.py) turn them on, to keep CI quick.
+        "ocr_enabled": False,
+        "describe_tags_top_k": 0,
     }
     values.update(overrides)
     return Settings(**values)
@@ -118,6 +124,31 @@ def fresh_png(seed: int) -> bytes:
         len(tag).to_bytes(4, "big") + b"tEXt" + tag + zlib.crc32(b"tEXt" + tag).to_bytes(4, "big")
     )
     return data[:33] + chunk + data[33:]  # after the 8-byte signature and the IHDR chunk
+
+
+def text_png(lines: list[str], size: int = 28, margin: int = 16) -> bytes:
+    """Black text on white, one line per entry, in Pillow's own scalable font (no system
+    fonts needed): a small screenshot for OCR tests."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=size)
+    widths = [int(font.getlength(line)) for line in lines]
+    image = Image.new("RGB", (max(widths) + 2 * margin, len(lines) * size * 3 // 2 + 2 * margin))
+    image.paste("white", (0, 0, *image.size))
+    draw = ImageDraw.Draw(image)
+    for number, line in enumerate(lines):
+        draw.text((margin, margin + number * size * 3 // 2), line, fill="black", font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Poll `condition` on the event loop (bounded): for states other threads change."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
 
 
 def parse_vector(text: str) -> np.ndarray:

@@ -11,12 +11,15 @@ from app.api.json_response import JsonResponse
 from app.api.openapi import request_body_schema
 from app.api.relay import RelayResponse
 from app.api.request_body import read_chat_request
-from app.protocol import ChatCompletionRequest
+from app.errors import InvalidRequest
+from app.protocol import ChatCompletionRequest, PromptPreset
 from app.service import DryRun, JsonReply
 
 router = APIRouter()
 
 DRY_RUN_HEADER = "x-clip-proxy-dry-run"
+PRESET_HEADER = "x-clip-proxy-preset"
+PROMPT_CHARS_HEADER = "X-Clip-Proxy-Prompt-Chars"
 # Intermediaries must neither cache nor buffer an event stream.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # nginx's status for "the client closed the request": nobody receives it, the log shows it.
@@ -33,15 +36,17 @@ async def chat_completions(request: Request) -> Response:
     service = services_of(request).chat
     chat, uploads = await read_chat_request(request, service.limits)
     dry_run = request.headers.get(DRY_RUN_HEADER, "").lower() in ("1", "true", "yes")
+    preset = preset_of(request.headers.get(PRESET_HEADER))
     try:
         # Until the upstream answers, nothing watches the client: this does.
         outcome = await unless_disconnected(
-            request.receive, service.complete(chat, uploads, dry_run=dry_run)
+            request.receive,
+            service.complete(chat, uploads, dry_run=dry_run, preset=preset),
         )
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED)
     if isinstance(outcome, DryRun):
-        return JsonResponse(outcome.body)
+        return JsonResponse(outcome.body, headers={PROMPT_CHARS_HEADER: str(outcome.prompt_chars)})
     if isinstance(outcome, JsonReply):
         return Response(outcome.body, outcome.status_code, media_type=outcome.media_type)
     return RelayResponse(
@@ -51,3 +56,18 @@ async def chat_completions(request: Request) -> Response:
         media_type=outcome.media_type,
         headers=STREAM_HEADERS,
     )
+
+
+def preset_of(header: str | None) -> PromptPreset | None:
+    """The preset a request asks for in `X-Clip-Proxy-Preset`, if any."""
+    if header is None or not header.strip():
+        return None
+    try:
+        return PromptPreset(header.strip().lower())
+    except ValueError:
+        choices = ", ".join(preset.value for preset in PromptPreset)
+        raise InvalidRequest(
+            f"X-Clip-Proxy-Preset: {header!r} is not one of {choices}",
+            param="X-Clip-Proxy-Preset",
+            code="invalid_preset",
+        ) from None

@@ -14,8 +14,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from app.encoder.clip import ClipImageEncoder
-from app.encoder.preprocess import preprocess
+from app.engine.caption import Captioner
+from app.engine.clip import ClipImageEncoder
+from app.engine.preprocess import preprocess
 from tests.helpers import DATA, data_url, free_port
 from tests.upstream_server import FakeUpstream
 
@@ -36,6 +37,15 @@ def test_make_test_model_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
         vector = encoder.encode(preprocess(image.convert("RGB"), encoder.spec)[None])[0]
     assert vector.shape == (64,)
     assert abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+    # Beside it, the tiny captioner CLIP_PROXY_CAPTION_MODEL loads offline.
+    captioner = Captioner.load(
+        str(tmp_path / "m" / "captioner"),
+        "cpu",
+        decode=lambda data, param: Image.new("RGB", (1, 1)),
+    )
+    with Image.open(DATA / "coffee.png") as image:
+        (caption,) = captioner.caption([image.convert("RGB")])
+    assert isinstance(caption, str) and caption
 
 
 def test_serve_answers_a_chat_with_an_image(test_model_dir: Path, upstream: FakeUpstream) -> None:

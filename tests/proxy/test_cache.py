@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import openai
 
-from app.cache import EmbeddingCache, ImageEmbedding, MemoryBackend, namespace_of
+from app.engine.cache import EmbeddingCache, ImageEmbedding, MemoryBackend, namespace_of
 from app.metrics import Metrics
 from tests.helpers import (
     DATA,
@@ -69,7 +69,7 @@ def test_single_flight_computes_once_for_concurrent_callers_and_once_after() -> 
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.05)
-        return ImageEmbedding("cd" * 32, np.ones(4, dtype=np.float32), 1, 1)
+        return ImageEmbedding("cd" * 32, np.full(4, 0.5, dtype=np.float32), 1, 1)
 
     async def scenario() -> list[ImageEmbedding]:
         cache = EmbeddingCache([MemoryBackend(1 << 20)], Metrics(), prefix="t:")
@@ -80,7 +80,7 @@ def test_single_flight_computes_once_for_concurrent_callers_and_once_after() -> 
 
     results = asyncio.run(scenario())
     assert calls == 1
-    assert all(np.array_equal(result.vector, np.ones(4)) for result in results)
+    assert all(np.array_equal(result.vector, np.full(4, 0.5)) for result in results)
 
 
 def test_a_caller_arriving_as_an_abandoned_flight_is_cancelled_gets_a_fresh_one() -> None:
@@ -93,7 +93,7 @@ def test_a_caller_arriving_as_an_abandoned_flight_is_cancelled_gets_a_fresh_one(
         calls += 1
         started.set()
         await asyncio.sleep(0 if calls > 1 else 30)
-        return ImageEmbedding("ef" * 32, np.ones(4, dtype=np.float32), 1, 1)
+        return ImageEmbedding("ef" * 32, np.full(4, 0.5, dtype=np.float32), 1, 1)
 
     async def scenario() -> ImageEmbedding:
         cache = EmbeddingCache([MemoryBackend(1 << 20)], Metrics(), prefix="t:")
@@ -107,7 +107,7 @@ def test_a_caller_arriving_as_an_abandoned_flight_is_cancelled_gets_a_fresh_one(
 
     result = asyncio.run(scenario())
     assert calls == 2
-    assert np.array_equal(result.vector, np.ones(4))
+    assert np.array_equal(result.vector, np.full(4, 0.5))
 
 
 def test_ten_concurrent_requests_with_one_new_image_encode_it_once(

@@ -1,16 +1,18 @@
-"""The Redis cache for real: replicas share vectors through it, and a Redis that dies or
-was never there costs requests nothing but a counter."""
+"""The Redis cache for real: replicas share vectors through it, a Redis that dies or was
+never there costs requests nothing but a counter, and what it holds is never trusted."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+import struct
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
+import numpy as np
 import pytest
 import redis
 
@@ -165,3 +167,48 @@ def test_unreachable_redis_url_degrades_to_computing(
     assert images_encoded(proxy.url) == 1  # the memory tier still works
     assert metric_value(proxy.url, "clip_proxy_cache_errors_total", backend="redis") >= 1
     assert metric_value(proxy.url, "clip_proxy_cache_hits_total", backend="memory") == 2
+
+
+def _corrupt_values(width: int, height: int) -> dict[str, bytes]:
+    """What a damaged or foreign Redis might hold under an image's key."""
+    header = struct.pack("<II", width, height)
+    wide = np.ones(3072, dtype="<f4") / np.sqrt(3072)  # a unit vector, of another model's size
+    return {
+        "one float": header + struct.pack("<f", 1.0),
+        "NaNs": header + np.full(768, np.nan, dtype="<f4").tobytes(),
+        "1e30s": header + np.full(768, 1e30, dtype="<f4").tobytes(),
+        "3072 floats": header + wide.tobytes(),
+        "no header": b"\x00\x01",
+    }
+
+
+def test_corrupt_redis_entries_are_recomputed_and_overwritten(
+    start_proxy: Callable[..., ProxyServer], prefix: str
+) -> None:
+    # No memory tier: every lookup reads Redis, so each corrupt value is what it meets.
+    proxy = start_proxy(cache_url=SHARED_REDIS, cache_key_prefix=prefix, cache_memory_bytes=0)
+    photo = data_url(DATA / "camera.png")
+    good = chat(proxy, photo)
+    assert good.status_code == 200
+    (key,) = wait_for_keys(SHARED_REDIS, prefix, 1)
+    client = redis.Redis.from_url(SHARED_REDIS)
+    try:
+        stored = client.get(key)
+        assert isinstance(stored, bytes)
+        width, height = struct.unpack_from("<II", stored)
+        for number, (kind, value) in enumerate(_corrupt_values(width, height).items(), start=1):
+            client.set(key, value)
+
+            reply = chat(proxy, photo)
+
+            assert reply.status_code == 200, kind
+            assert reply.json()["messages"] == good.json()["messages"], kind
+            assert images_encoded(proxy.url) == 1 + number, kind  # recomputed, not trusted
+            errors = metric_value(proxy.url, "clip_proxy_cache_errors_total", backend="redis")
+            assert errors == number, kind
+            deadline = time.monotonic() + 5  # the overwrite lands after the answer
+            while client.get(key) != stored and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert client.get(key) == stored, kind
+    finally:
+        client.close()

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.labels import read_vocabulary
+from app.engine.labels import read_vocabulary
 from tests.helpers import DATA, DRY_RUN, PHOTOS, ProxyServer, data_url, image_message
 
 VOCABULARY = ["cat", "dog", "astronaut", "cup of coffee", "rocket", "camera", "frisbee"]
@@ -150,13 +150,13 @@ def test_an_empty_vocabulary_is_logged_and_keeps_the_proxy_unready(
 ) -> None:
     empty = tmp_path / "empty-vocabulary.txt"
     empty.write_text("# nothing but a comment\n")
-    caplog.set_level("ERROR", logger="app.main")
+    caplog.set_level("ERROR", logger="app.engine.engine")
     proxy = start_proxy(wait_ready=False, labels_top_k=3, labels_vocabulary=str(empty))
     deadline = time.monotonic() + 30
     failures: list[logging.LogRecord] = []
     while time.monotonic() < deadline and not failures:
         time.sleep(0.05)
-        failures = [record for record in caplog.records if record.name == "app.main"]
+        failures = [record for record in caplog.records if record.name == "app.engine.engine"]
     assert failures, "the start-up failure was never logged"
     assert failures[0].exc_info is not None and "holds no labels" in str(failures[0].exc_info[1])
     ready = httpx.get(proxy.url + "/readyz")

@@ -22,9 +22,9 @@ import pytest
 import torch
 from PIL import Image
 
-from app.encoder.clip import ClipImageEncoder
-from app.encoder.pool import BatchReport, EncoderPool, PoolEvents
-from app.encoder.preprocess import Pixels, PreprocessSpec, preprocess
+from app.engine.clip import ClipImageEncoder
+from app.engine.pool import BatchReport, EncoderPool, PoolEvents
+from app.engine.preprocess import Pixels, PreprocessSpec, preprocess
 from app.errors import EncoderFailed, Overloaded
 from tests.helpers import (
     DATA,
@@ -34,6 +34,7 @@ from tests.helpers import (
     data_url,
     metric_value,
     parse_vector,
+    wait_for,
 )
 
 POISON = 1234.5  # first pixel value that makes a wrapped encoder misbehave
@@ -272,7 +273,7 @@ def test_a_full_queue_answers_503_with_retry_after(
     pool = EncoderPool([gated], max_batch=1, max_wait_ms=0, max_queue=1)
     pool.start()
     assert pool.wait_ready(30)
-    proxy.app.state.clip_proxy.images.attach(pool)
+    proxy.app.state.clip_proxy.engine.attach_pool(pool)
     # Three different images: identical ones would share one encode (single flight).
     first_url, second_url, third_url = (
         data_url(DATA / name) for name in ("rocket.jpg", "chelsea.png", "coffee.png")
@@ -302,20 +303,13 @@ def test_readyz_is_503_while_a_worker_is_down(
     assert httpx.get(proxy.url + "/readyz").status_code == 200
     pool = EncoderPool([BrokenWarmUp(encoder)], max_batch=4, max_wait_ms=1)
     pool.start()
-    proxy.app.state.clip_proxy.images.attach(pool)
+    proxy.app.state.clip_proxy.engine.attach_pool(pool)
 
     ready = httpx.get(proxy.url + "/readyz")
 
     assert ready.status_code == 503
     assert ready.headers["retry-after"]
     assert metric_value(proxy.url, "clip_proxy_encoder_workers_ready") == 0
-
-
-async def wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 # On the pool itself

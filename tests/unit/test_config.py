@@ -94,3 +94,19 @@ def test_every_setting_is_in_the_readme_table_and_nothing_else() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", readme, re.MULTILINE))
     assert documented == {name.upper() for name in Settings.model_fields}
+
+
+def test_describe_settings_refuse_bad_values() -> None:
+    from app.protocol import PromptPreset
+
+    assert Settings().prompt_preset is PromptPreset.seed  # today's output unless asked
+    assert len(Settings().labels_prompt.split("|")) == 4  # an ensemble by default
+    for bad in (
+        {"prompt_preset": "poetry"},
+        {"labels_prompt": "a photo of a {label}|no placeholder here"},
+        {"caption_device": "tpu"},
+        {"ocr_device": "gpu"},
+        {"ocr_max_chars": -1},
+    ):
+        with pytest.raises(ValidationError):
+            Settings(**bad)

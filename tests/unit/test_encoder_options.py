@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from app.encoder.clip import ClipImageEncoder, cpu_has_native_bf16, resolve_dtype
-from app.encoder.preprocess import preprocess
+from app.engine.clip import ClipImageEncoder, cpu_has_native_bf16, resolve_dtype
+from app.engine.preprocess import preprocess
 from tests.helpers import DATA, PHOTOS, cosine
 
 

@@ -8,7 +8,7 @@ encoder pool batches what arrives from every request.
     pipeline.attach(pool)                # once the encoder is loaded
     image = await pipeline.embed(ImageSource.from_url(url, param))   # .vector, .sha256, ...
 
-With a cache (`app.cache`), the bytes' SHA-256 is looked up before any decoding, and
+With a cache (`app.engine.cache`), the bytes' SHA-256 is looked up before any decoding, and
 identical images in flight at once are decoded and encoded once.
 """
 
@@ -21,16 +21,28 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from app.cache import EmbeddingCache, ImageEmbedding
-from app.encoder.pool import EncoderPool
-from app.encoder.preprocess import Pixels, preprocess
-from app.errors import Overloaded, ProxyError
+from PIL import Image
+
+from app.engine.cache import EmbeddingCache, ImageEmbedding
+from app.engine.pool import EncoderPool
+from app.engine.preprocess import Pixels, preprocess
+from app.errors import EngineNotReady, ProxyError
 from app.ingest import ImageLimits, ImageSource, decode_image, read_image_source
 from app.metrics import Metrics
 from app.request_context import count_fact, note_stage
 from app.safe_fetch import SafeFetcher
 
 _HASH_IN_THREAD_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ImageBytes:
+    """An image's bytes as read (not yet decoded), their SHA-256, and the request field
+    that named it (for errors). The OCR and caption pools take these too."""
+
+    data: bytes
+    sha256: str
+    param: str
 
 
 @dataclass(frozen=True)
@@ -70,10 +82,26 @@ class ImagePipeline:
     def devices(self) -> list[str]:
         return self._pool.devices if self._pool is not None else []
 
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Block up to `timeout_s` for the attached pool's workers to be warm."""
+        pool = self._pool
+        if pool is None:
+            time.sleep(timeout_s)
+            return False
+        return pool.wait_ready(timeout_s)
+
     @property
     def dim(self) -> int | None:
         """The vector's width (the model's projection dim); None until the model is loaded."""
         return self._pool.dim if self._pool is not None else None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._pool.queue_depth if self._pool is not None else 0
+
+    @property
+    def workers_ready(self) -> int:
+        return self._pool.workers_ready if self._pool is not None else 0
 
     def attach(self, pool: EncoderPool) -> None:
         """Called once the pool's models are loaded; requests queue while it warms up."""
@@ -88,6 +116,10 @@ class ImagePipeline:
 
     async def embed(self, source: ImageSource) -> ImageEmbedding:
         """The image's vector with its SHA-256 and size, from the cache when it holds it."""
+        return await self.embed_bytes(await self.read(source))
+
+    async def read(self, source: ImageSource) -> ImageBytes:
+        """The image's bytes (fetched, decoded from base64, or uploaded) and their SHA-256."""
         self._require_pool()
         self._metrics.images.labels(source=source.kind.value).inc()
         count_fact("images")
@@ -96,19 +128,20 @@ class ImagePipeline:
         fetch_s = time.perf_counter() - started
         self._metrics.image_fetch.labels(source=source.kind.value).observe(fetch_s)
         note_stage("fetch", fetch_s)
-        sha256 = await self._sha256(data)
+        return ImageBytes(data, await self._sha256(data), source.param)
+
+    async def embed_bytes(self, image: ImageBytes) -> ImageEmbedding:
+        data, sha256, param = image.data, image.sha256, image.param
         if self.cache is None:
-            return await self._compute(data, sha256, source.param)
+            return await self._compute(data, sha256, param)
         try:
             return await self.cache.get_or_compute(
-                sha256, lambda: self._compute(data, sha256, source.param)
+                sha256, lambda: self._compute(data, sha256, param)
             )
         except ProxyError as exc:
-            # A request that joined another's flight names its own image in the error.
-            if exc.param is None or exc.param == source.param:
+            own = own_param(exc, param)
+            if own is exc:
                 raise
-            own = copy.copy(exc)
-            own.param = source.param
             raise own from exc
 
     async def _compute(self, data: bytes, sha256: str, param: str) -> ImageEmbedding:
@@ -149,7 +182,20 @@ class ImagePipeline:
             preprocess_s=time.perf_counter() - decoded,
         )
 
+    def decode(self, data: bytes, param: str) -> Image.Image:
+        """Checked and decoded (for the OCR and caption workers, in their threads)."""
+        return decode_image(data, self._limits, param=param)
+
     def _require_pool(self) -> EncoderPool:
         if self._pool is None:
-            raise Overloaded("the image encoder is still loading", retry_after_s=5)
+            raise EngineNotReady("image encoder")
         return self._pool
+
+
+def own_param(exc: ProxyError, param: str) -> ProxyError:
+    """A request that joined another's flight names its own image in the error."""
+    if exc.param is None or exc.param == param:
+        return exc
+    own = copy.copy(exc)
+    own.param = param
+    return own

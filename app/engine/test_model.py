@@ -17,6 +17,11 @@ from transformers import (
     CLIPModel,
     CLIPProcessor,
     CLIPTokenizer,
+    GPT2Config,
+    VisionEncoderDecoderConfig,
+    VisionEncoderDecoderModel,
+    ViTConfig,
+    ViTImageProcessorPil,
 )
 
 _SPECIALS = ("<|startoftext|>", "<|endoftext|>")
@@ -81,4 +86,45 @@ def make_test_model(
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer)
     processor.save_pretrained(directory)
+    return directory
+
+
+def make_test_captioner(directory: Path, seed: int = 0) -> Path:
+    """A tiny image-to-text checkpoint with random weights (a ViT encoder and a GPT-2
+    decoder in a `VisionEncoderDecoderModel`, the byte-level tokenizer above), which
+    `CLIP_PROXY_CAPTION_MODEL=DIR` loads offline. Its captions are random bytes; it exists
+    to run the caption plumbing in tests."""
+    vocab = _byte_level_vocab()
+    start, end = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+    encoder = ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=64,
+        patch_size=16,
+    )
+    decoder = GPT2Config(
+        vocab_size=len(vocab),
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=start,
+        eos_token_id=end,
+        add_cross_attention=True,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = start
+    config.pad_token_id = end
+    config.eos_token_id = end
+    torch.manual_seed(seed)
+    model = VisionEncoderDecoderModel(config=config)
+    model.generation_config.decoder_start_token_id = start
+    model.generation_config.pad_token_id = end
+    model.generation_config.eos_token_id = end
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    ViTImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(directory)
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(directory)
     return directory

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.utils.hub import cached_file
 
-from app.encoder.clip import Vectors, resolve_dtype
+from app.engine.clip import Vectors, resolve_dtype
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from app.errors import InvalidRequest, Overloaded
+from app.errors import EngineNotReady, InvalidRequest
 
 Vectors = npt.NDArray[np.float32]
 
@@ -61,7 +61,7 @@ class TextPipeline:
         if self._encoder is None:
             if self._unavailable:
                 raise InvalidRequest(self._unavailable, param="input", code="no_text_encoder")
-            raise Overloaded("the text encoder is still loading", retry_after_s=5)
+            raise EngineNotReady("text encoder")
         encoder = self._encoder
         loop = asyncio.get_running_loop()
         batches: list[Vectors] = []

@@ -12,8 +12,12 @@ Backends are tried in order: an in-process LRU bounded in bytes, then (with
 that fails or is slow is skipped, counted and logged; the vector is then computed, so the
 cache never fails a request. Concurrent requests for one key share one computation.
 
+Nothing read back is trusted: a value is used only if it is a vector this model could have
+made (its dimension, every value finite, norm within 1e-3 of 1). Anything else (a bit flip,
+another writer, a hand edit) is counted as an error, recomputed and overwritten.
+
     cache = EmbeddingCache([MemoryBackend(256 * MiB)], metrics)
-    cache.bind(namespace)                  # once the model is loaded
+    cache.bind(namespace, dim=768)         # once the model is loaded
     image = await cache.get_or_compute(sha256_hex, compute)
 """
 
@@ -27,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -60,7 +64,7 @@ class ImageEmbedding:
     @classmethod
     def from_bytes(cls, sha256: str, value: bytes) -> ImageEmbedding:
         if len(value) <= _HEADER.size or (len(value) - _HEADER.size) % 4:
-            raise CacheUnavailable(f"a cached value of {len(value)} bytes is malformed")
+            raise CacheCorrupt(f"a cached value of {len(value)} bytes is malformed")
         width, height = _HEADER.unpack_from(value)
         vector = np.frombuffer(value, dtype="<f4", offset=_HEADER.size).astype(np.float32)
         return cls(sha256=sha256, vector=vector, width=width, height=height)
@@ -74,6 +78,26 @@ def namespace_of(model_identity: str, preprocess_version: int, dtype: str) -> st
 
 class CacheUnavailable(Exception):
     """A backend could not answer (down, slow, or holding a malformed value)."""
+
+
+class CacheCorrupt(CacheUnavailable):
+    """A backend answered with a value this model could not have made."""
+
+
+# How far from 1 a stored unit vector's norm may be (float32 round-off is ~1e-7).
+_NORM_TOLERANCE = 1e-3
+
+
+def check_embedding(embedding: ImageEmbedding, dim: int | None) -> None:
+    """Raise `CacheCorrupt` unless `embedding` could be this model's output."""
+    vector = embedding.vector
+    if dim is not None and vector.shape != (dim,):
+        raise CacheCorrupt(f"a cached vector has {vector.size} values, the model makes {dim}")
+    if not np.isfinite(vector).all():
+        raise CacheCorrupt("a cached vector holds values that are not finite")
+    norm = float(np.linalg.norm(vector.astype(np.float64)))
+    if abs(norm - 1.0) > _NORM_TOLERANCE:
+        raise CacheCorrupt(f"a cached vector has norm {norm:.6g}, not 1")
 
 
 class CacheSkipped(CacheUnavailable):
@@ -169,7 +193,7 @@ class RedisBackend:
             raise CacheUnavailable(f"redis failed: {type(exc).__name__}") from exc
 
 
-Compute = Callable[[], Awaitable[ImageEmbedding]]
+Compute = Callable[[], Awaitable[T]]
 
 
 def _bytes_held_by(backend: MemoryBackend) -> Callable[[], float]:
@@ -177,15 +201,16 @@ def _bytes_held_by(backend: MemoryBackend) -> Callable[[], float]:
 
 
 @dataclass
-class _Flight:
+class _Flight(Generic[T]):
     """One image's lookup-or-compute, shared by every request that sent the same bytes."""
 
-    task: asyncio.Task[ImageEmbedding]
+    task: asyncio.Task[T]
     waiters: int = 0
 
 
-class EmbeddingCache:
-    """Backends in order, fastest first, plus single flight across requests."""
+class ContentCache(Generic[T]):
+    """Backends in order, fastest first, plus single flight across requests; what a value
+    is and how it is stored and checked is the subclass's (`EmbeddingCache`, `WordsCache`)."""
 
     def __init__(
         self, backends: Sequence[CacheBackend], metrics: Metrics, *, prefix: str = "clip-proxy:"
@@ -194,32 +219,30 @@ class EmbeddingCache:
         self._metrics = metrics
         self._prefix = prefix
         self._namespace: str | None = None
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[str, _Flight[T]] = {}
         self._writes: set[asyncio.Task[None]] = set()
-        for backend in self._backends:
-            metrics.cache_hits.labels(backend=backend.name)
-            metrics.cache_misses.labels(backend=backend.name)
-            metrics.cache_errors.labels(backend=backend.name)
-            if isinstance(backend, MemoryBackend):
-                metrics.cache_bytes.labels(backend=backend.name).set_function(
-                    _bytes_held_by(backend)
-                )
+
+    def _encode(self, value: T) -> bytes:
+        raise NotImplementedError
+
+    def _decode(self, sha256: str, value: bytes) -> T:
+        """The stored value, checked; `CacheCorrupt` when it cannot be trusted."""
+        raise NotImplementedError
+
+    def _count(self, backend: CacheBackend, hit: bool) -> None:
+        raise NotImplementedError
 
     @property
     def backends(self) -> list[str]:
         return [backend.name for backend in self._backends]
-
-    def bind(self, namespace: str) -> None:
-        """Name the model, preprocessing and dtype the vectors come from (`namespace_of`)."""
-        self._namespace = namespace
 
     def key(self, sha256: str) -> str:
         if self._namespace is None:
             raise RuntimeError("the cache is used before the encoder named its namespace")
         return f"{self._prefix}{self._namespace}:{sha256}"
 
-    async def get_or_compute(self, sha256: str, compute: Compute) -> ImageEmbedding:
-        """The cached embedding, or `compute()`'s, computed once however many callers wait."""
+    async def get_or_compute(self, sha256: str, compute: Compute[T]) -> T:
+        """The cached value, or `compute()`'s, computed once however many callers wait."""
         key = self.key(sha256)
         flight = self._flights.get(key)
         if flight is not None:
@@ -244,25 +267,25 @@ class EmbeddingCache:
                 if self._flights.get(key) is flight:
                     del self._flights[key]
 
-    def _land(self, key: str, task: asyncio.Task[ImageEmbedding]) -> None:
+    def _land(self, key: str, task: asyncio.Task[T]) -> None:
         flight = self._flights.get(key)
         if flight is not None and flight.task is task:
             del self._flights[key]
         if not task.cancelled():
             task.exception()  # retrieved here, so a flight nobody awaits logs nothing
 
-    async def _lookup_or_compute(self, key: str, sha256: str, compute: Compute) -> ImageEmbedding:
+    async def _lookup_or_compute(self, key: str, sha256: str, compute: Compute[T]) -> T:
         for depth, backend in enumerate(self._backends):
             found = await self._get(backend, key, sha256)
             if found is not None:
-                self._metrics.cache_hits.labels(backend=backend.name).inc()
+                self._count(backend, hit=True)
                 # Copy it up into the faster backends this lookup missed.
                 for faster in self._backends[:depth]:
-                    await self._set(faster, key, found.to_bytes())
+                    await self._set(faster, key, self._encode(found))
                 return found
-            self._metrics.cache_misses.labels(backend=backend.name).inc()
-        embedding = await compute()
-        value = embedding.to_bytes()
+            self._count(backend, hit=False)
+        computed = await compute()
+        value = self._encode(computed)
         for backend in self._backends:
             if isinstance(backend, MemoryBackend):
                 await self._set(backend, key, value)
@@ -271,12 +294,12 @@ class EmbeddingCache:
                 write = asyncio.create_task(self._set(backend, key, value))
                 self._writes.add(write)
                 write.add_done_callback(self._writes.discard)
-        return embedding
+        return computed
 
-    async def _get(self, backend: CacheBackend, key: str, sha256: str) -> ImageEmbedding | None:
+    async def _get(self, backend: CacheBackend, key: str, sha256: str) -> T | None:
         try:
             value = await backend.get(key)
-            return None if value is None else ImageEmbedding.from_bytes(sha256, value)
+            return None if value is None else self._decode(sha256, value)
         except CacheUnavailable as exc:
             self._failed(backend, "get", exc)
             return None
@@ -298,10 +321,92 @@ class EmbeddingCache:
         )
 
     async def aclose(self) -> None:
+        """Let pending remote writes land (briefly); the backends are closed by their owner."""
         if self._writes:
             await asyncio.wait(self._writes, timeout=1)
+
+
+class EmbeddingCache(ContentCache[ImageEmbedding]):
+    """Image vectors by content; owns (and closes) the backends it is given."""
+
+    def __init__(
+        self, backends: Sequence[CacheBackend], metrics: Metrics, *, prefix: str = "clip-proxy:"
+    ) -> None:
+        super().__init__(backends, metrics, prefix=prefix)
+        self._dim: int | None = None
+        for backend in self._backends:
+            metrics.cache_hits.labels(backend=backend.name)
+            metrics.cache_misses.labels(backend=backend.name)
+            metrics.cache_errors.labels(backend=backend.name)
+            if isinstance(backend, MemoryBackend):
+                metrics.cache_bytes.labels(backend=backend.name).set_function(
+                    _bytes_held_by(backend)
+                )
+
+    @property
+    def backend_list(self) -> list[CacheBackend]:
+        """The backends themselves, for caches of other things kept beside the vectors."""
+        return list(self._backends)
+
+    def bind(self, namespace: str, *, dim: int | None = None) -> None:
+        """Name the model, preprocessing and dtype the vectors come from (`namespace_of`),
+        and the dimension of the model's vectors (a cached value of another is refused)."""
+        self._namespace = namespace
+        self._dim = dim
+
+    def _encode(self, value: ImageEmbedding) -> bytes:
+        return value.to_bytes()
+
+    def _decode(self, sha256: str, value: bytes) -> ImageEmbedding:
+        embedding = ImageEmbedding.from_bytes(sha256, value)
+        check_embedding(embedding, self._dim)
+        return embedding
+
+    def _count(self, backend: CacheBackend, hit: bool) -> None:
+        counter = self._metrics.cache_hits if hit else self._metrics.cache_misses
+        counter.labels(backend=backend.name).inc()
+
+    async def aclose(self) -> None:
+        await super().aclose()
         for backend in self._backends:
             await backend.aclose()
+
+
+class WordsCache(ContentCache[str]):
+    """Text found in an image (OCR) or said about it (a caption), by the image's content,
+    beside its vector in the same backends: `{prefix}{namespace}:{sha256}` where the
+    namespace names the kind, the model and its settings.
+
+        ocr_cache = WordsCache(vectors.backend_list, metrics, kind="ocr", prefix=prefix)
+        ocr_cache.bind(namespace_of("rapidocr@1.4.4|max_side=960", 1, "ocr"))
+    """
+
+    def __init__(
+        self,
+        backends: Sequence[CacheBackend],
+        metrics: Metrics,
+        *,
+        kind: str,
+        prefix: str = "clip-proxy:",
+    ) -> None:
+        super().__init__(backends, metrics, prefix=prefix)
+        self._kind = kind
+
+    def bind(self, namespace: str) -> None:
+        self._namespace = namespace
+
+    def _encode(self, value: str) -> bytes:
+        return value.encode("utf-8")
+
+    def _decode(self, sha256: str, value: bytes) -> str:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CacheCorrupt(f"a cached {self._kind} text is not UTF-8") from exc
+
+    def _count(self, backend: CacheBackend, hit: bool) -> None:
+        counter = self._metrics.words_cache_hits if hit else self._metrics.words_cache_misses
+        counter.labels(kind=self._kind, backend=backend.name).inc()
 
 
 def build_backends(

@@ -34,7 +34,7 @@ from typing import Protocol
 
 import numpy as np
 
-from app.encoder.preprocess import Pixels, PreprocessSpec
+from app.engine.preprocess import Pixels, PreprocessSpec
 from app.errors import EncoderFailed, Overloaded
 
 logger = logging.getLogger(__name__)

@@ -31,9 +31,9 @@ import torch
 from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 from transformers.utils import logging as transformers_logging
 
-from app.encoder.preprocess import Pixels, PreprocessSpec
+from app.engine.nvml import normalise_uuid, nvml_memory_by_uuid
+from app.engine.preprocess import Pixels, PreprocessSpec
 from app.metrics import DeviceMemory, MemoryReading
-from app.nvml import normalise_uuid, nvml_memory_by_uuid
 
 logger = logging.getLogger(__name__)
 
