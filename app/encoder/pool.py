@@ -34,7 +34,7 @@ from typing import Protocol
 
 import numpy as np
 
-from app.encoder.preprocess import Pixels, PreprocessSpec
+from app.encoder.preprocess import Pixels, PreprocessSpec, stack
 from app.errors import EncoderFailed, Overloaded
 
 logger = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ class EncoderPool:
         encoder = worker.encoder
         started = time.perf_counter()
         try:
-            vectors = encoder.encode(np.stack([job.pixels for job in jobs]))
+            vectors = encoder.encode(stack([job.pixels for job in jobs]))
         except Exception as exc:
             if encoder.is_out_of_memory(exc):
                 self._recover_from_oom(worker, jobs)
