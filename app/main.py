@@ -35,7 +35,7 @@ from app.api.responses import error_response
 from app.cache import EmbeddingCache, build_backends, namespace_of
 from app.config import Settings
 from app.embeddings_service import EmbeddingsOptions, EmbeddingsService
-from app.encoder.clip import ClipImageEncoder, gpu_memory, load_encoders
+from app.encoder.clip import ClipImageEncoder, gpu_jpeg_decoder, gpu_memory, load_encoders
 from app.encoder.pool import BatchReport, EncoderPool, PoolEvents
 from app.encoder.preprocess import PREPROCESS_VERSION
 from app.encoder.text import ClipTextEncoder, load_logit_scale, model_identity
@@ -211,6 +211,7 @@ async def start_encoders(settings: Settings, state: AppState) -> None:
             settings.encoder_dtype.value,
             quantize=settings.encoder_quantize.value,
             compile=settings.encoder_compile,
+            cuda_graphs=settings.encoder_cuda_graphs,
             warm_batch=settings.max_batch,
         )
         if not await start_text_side(settings, state, encoders[0]):
@@ -225,10 +226,13 @@ async def start_encoders(settings: Settings, state: AppState) -> None:
         max_queue=settings.encoder_queue_size,
         job_timeout_s=settings.encode_timeout_s,
         events=MetricsPoolEvents(state.metrics),
+        pipeline=None if settings.encoder_pipeline else False,
     )
     state.metrics.encoder_queue_depth.set_function(lambda: pool.queue_depth)
     state.metrics.encoder_workers_ready.set_function(lambda: pool.workers_ready)
     pool.start()
+    if settings.gpu_decode:
+        state.images.use_device_decoder(gpu_jpeg_decoder(encoders[0].name, encoders[0].spec))
     state.images.attach(pool)
     logger.info("encoder loaded; warming up", extra={"devices": pool.devices})
     freeze_startup_objects()

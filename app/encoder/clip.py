@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -361,11 +362,16 @@ def gpu_jpeg_decoder(device: str, spec: PreprocessSpec) -> JpegDecoder | None:
     decode_jpeg = vision_io.decode_jpeg
     rgb = vision_io.ImageReadMode.RGB
     target = torch.device(device)
+    # A stream per preprocessing thread: decodes neither wait for the model's stream nor
+    # for each other.
+    streams = threading.local()
 
     def decode(data: bytes, width: int, height: int) -> BytePixels:
+        if not hasattr(streams, "stream"):
+            streams.stream = torch.cuda.Stream(target)
         # bytearray: torch.frombuffer wants a writable buffer (it warns on bytes).
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.cuda.stream(streams.stream):
             image = decode_jpeg(encoded, mode=rgb, device=target, apply_exif_orientation=True)
             if tuple(image.shape[-2:]) != (height, width):
                 raise ValueError(f"nvJPEG gave {tuple(image.shape)}, the header {width}x{height}")
