@@ -1,0 +1,534 @@
+"""Front-end benchmark: decode + preprocess per image, alone, then through a real proxy.
+
+On a generated corpus (phone photos at 1080p and 12 MP as JPEG, PNG screenshots, WEBP
+photos), in one process and one run so the ratios hold on a shared machine:
+
+1. ms per image on one thread, median of `--repeats`, for three paths:
+   `processor` (full decode + CLIPImageProcessor), `before` (full decode + the v1
+   resize-then-crop float preprocessing, this project before issue 17) and `now`
+   (`decode_image_at_least` + `preprocess_uint8`, what the server runs);
+2. images/s of `now` with 1 and 2 threads, and 2 processes (does the GIL limit threads?);
+3. the cost of normalising on the CPU (NumPy, per image) against in the encoder (torch,
+   per batch), the trade-off of sending uint8;
+4. pixel cosine to CLIPImageProcessor, and vector cosine to the seed's reference path
+   (CLIPProcessor + CLIPModel.get_image_features + L2 norm, fp32) on the test checkpoint
+   and the ViT-L/14 architecture (random weights: the Hub is out of reach);
+5. through a real `clip-proxy serve` (cache off, dry runs): the Server-Timing `decode` and
+   `preprocess` stages of this tree against a baseline tree (`git archive` of the branch
+   point), side by side.
+
+    python -m bench.frontend --out bench/results/frontend
+    python -m bench.frontend --quick --out /tmp/frontend     # smaller corpus, no ViT-L/14
+
+Writes OUT.json and OUT.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+from transformers.utils import logging as transformers_logging
+
+from app.encoder.clip import ClipImageEncoder
+from app.encoder.preprocess import (
+    PreprocessSpec,
+    normalise,
+    preprocess_uint8,
+    resized_size,
+)
+from app.encoder.test_model import VIT_L14_VISION, make_test_model
+from app.ingest import ImageLimits, decode_image, decode_image_at_least
+from tests.helpers import free_port, phone_photo
+
+ROOT = Path(__file__).resolve().parent.parent
+LIMITS = ImageLimits(max_bytes=1 << 30, max_pixels=1 << 30)
+SPEC = PreprocessSpec()
+PHOTOS = ("chelsea.png", "astronaut.png", "coffee.png")
+
+
+@dataclass(frozen=True)
+class Sample:
+    kind: str
+    name: str
+    data: bytes
+
+
+def screenshot(size: tuple[int, int], seed: int) -> bytes:
+    """A UI-like PNG: flat panels, lines of text, an icon grid."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, (246, 247, 249))
+    draw = ImageDraw.Draw(image)
+    width, height = size
+    draw.rectangle((0, 0, width // 5, height), fill=(32, 36, 44))
+    for row in range(40, height - 20, 26):
+        length = int(rng.integers(20, 90))
+        text = " ".join("lorem ipsum dolor sit amet" for _ in range(length // 20 + 1))[:length]
+        shade = tuple(int(v) for v in rng.integers(20, 90, 3))
+        draw.text((width // 5 + 30, row), text, fill=shade)
+        draw.text((16, row), text[:18], fill=(200, 204, 210))
+    for index in range(24):
+        x = width - 420 + (index % 6) * 64
+        y = 60 + (index // 6) * 64
+        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
+        draw.rounded_rectangle((x, y, x + 48, y + 48), radius=10, fill=colour)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def corpus(quick: bool) -> list[Sample]:
+    photos = PHOTOS[:1] if quick else PHOTOS
+    samples = [
+        Sample("jpeg-1080p", f"{photo}@1920x1080", phone_photo((1920, 1080), photo=photo, seed=i))
+        for i, photo in enumerate(photos)
+    ]
+    samples += [
+        Sample("jpeg-12mp", f"{photo}@4000x3000", phone_photo((4000, 3000), photo=photo, seed=i))
+        for i, photo in enumerate(photos)
+    ]
+    sizes = [(1920, 1080)] if quick else [(1920, 1080), (2560, 1440), (2880, 1800)]
+    samples += [
+        Sample("png-screenshot", f"screenshot@{w}x{h}", screenshot((w, h), seed=i))
+        for i, (w, h) in enumerate(sizes)
+    ]
+    webp = [((1920, 1080), PHOTOS[0])] if quick else [((1920, 1080), p) for p in PHOTOS[:2]]
+    webp += [((3000, 2000), PHOTOS[2])]
+    samples += [
+        Sample("webp", f"{photo}@{w}x{h}", phone_photo((w, h), photo=photo, fmt="WEBP", seed=i))
+        for i, ((w, h), photo) in enumerate(webp)
+    ]
+    return samples
+
+
+# The three paths, each bytes -> pixels the model takes
+
+PROCESSOR = CLIPImageProcessorPil()
+
+
+def processor_path(data: bytes) -> np.ndarray:
+    image = decode_image(data, LIMITS, param=None)
+    pixels: np.ndarray = PROCESSOR(images=image, return_tensors="np")["pixel_values"][0]
+    return pixels
+
+
+def before_path(data: bytes) -> np.ndarray:
+    """clip-proxy before issue 17: full decode, resize the whole picture, crop, normalise."""
+    image = decode_image(data, LIMITS, param=None)
+    width, height = resized_size(image.width, image.height, SPEC.size)
+    resized = image.resize((width, height), Image.Resampling.BICUBIC)
+    top, left = (height - SPEC.crop) // 2, (width - SPEC.crop) // 2
+    cropped = resized.crop((left, top, left + SPEC.crop, top + SPEC.crop))
+    scaled = np.asarray(cropped, dtype=np.float32) * np.float32(1 / 255)
+    mean = np.asarray(SPEC.mean, dtype=np.float32)
+    std = np.asarray(SPEC.std, dtype=np.float32)
+    return np.ascontiguousarray(((scaled - mean) / std).transpose(2, 0, 1))
+
+
+def now_path(data: bytes) -> np.ndarray:
+    decoded = decode_image_at_least(data, LIMITS, SPEC.decode_short_side, param=None)
+    return preprocess_uint8(
+        decoded.image, SPEC, full_size=(decoded.width, decoded.height), scale=decoded.scale
+    )
+
+
+PATHS: dict[str, Callable[[bytes], np.ndarray]] = {
+    "processor": processor_path,
+    "before": before_path,
+    "now": now_path,
+}
+
+
+def median_ms(path: Callable[[bytes], Any], data: bytes, repeats: int) -> float:
+    return timed_ms(path, data, repeats)[0]
+
+
+def timed_ms(path: Callable[[bytes], Any], data: bytes, repeats: int) -> tuple[float, float]:
+    """(median, fastest) ms of `repeats` calls; the fastest is the one least disturbed by
+    other jobs on a shared machine."""
+    path(data)  # warm: first-call imports and allocations
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        path(data)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000, min(times) * 1000
+
+
+def per_image(samples: list[Sample], repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for sample in samples:
+        row: dict[str, Any] = {"kind": sample.kind, "name": sample.name, "bytes": len(sample.data)}
+        for label, path in PATHS.items():
+            row[f"{label}_ms"], row[f"{label}_min_ms"] = timed_ms(path, sample.data, repeats)
+        reference = processor_path(sample.data)
+        ours = normalise(now_path(sample.data), SPEC)
+        row["pixel_cosine"] = cosine(ours, reference)
+        rows.append(row)
+        print(
+            f"  {sample.name:28s} "
+            + "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k.endswith(("_ms", "cosine"))),
+            flush=True,
+        )
+    return rows
+
+
+def _now_in_worker(data: bytes) -> int:
+    return int(now_path(data).shape[0])
+
+
+def throughput(samples: list[Sample], seconds: float) -> list[dict[str, Any]]:
+    """images/s of the server's path with N threads or processes, over the whole corpus."""
+    rows = []
+    setups: list[tuple[str, int, Callable[[], Executor]]] = [
+        ("threads", 1, lambda: ThreadPoolExecutor(1)),
+        ("threads", 2, lambda: ThreadPoolExecutor(2)),
+        ("processes", 2, lambda: ProcessPoolExecutor(2)),
+    ]
+    blobs = [sample.data for sample in samples]
+    for kind, workers, make in setups:
+        with make() as executor:
+            list(executor.map(_now_in_worker, blobs))  # warm every worker
+            done = 0
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                done += len(list(executor.map(_now_in_worker, blobs)))
+            elapsed = time.perf_counter() - started
+        rows.append({"executor": kind, "workers": workers, "images_per_s": done / elapsed})
+        print(f"  {kind} x{workers}: {done / elapsed:.1f} images/s", flush=True)
+    return rows
+
+
+def normalise_costs(encoder: ClipImageEncoder, batch: int = 32) -> dict[str, float]:
+    """Per image: NumPy normalise of each image vs the encoder's torch normalise per batch."""
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (batch, 3, SPEC.crop, SPEC.crop), dtype=np.uint8)
+    numpy_ms = median_ms(lambda _: np.stack([normalise(image, SPEC) for image in raw]), b"", 9)
+    torch_ms = median_ms(lambda _: encoder._model_input(torch.from_numpy(raw)).numpy(), b"", 9)
+    return {"numpy_per_image_ms": numpy_ms / batch, "torch_batch_per_image_ms": torch_ms / batch}
+
+
+def vector_cosines(checkpoint: Path, samples: list[Sample]) -> dict[str, float]:
+    """Ours (front end + vision tower, fp32) against the seed's reference path, per image."""
+    model = CLIPModel.from_pretrained(checkpoint).eval()
+    processor = CLIPProcessor.from_pretrained(checkpoint)
+    encoder = ClipImageEncoder.load(str(checkpoint), "cpu", "float32")
+    result = {}
+    for sample in samples:
+        image = decode_image(sample.data, LIMITS, param=None)
+        inputs = processor(images=image, return_tensors="pt")
+        with torch.no_grad():
+            features = model.get_image_features(**inputs)
+        features = getattr(features, "pooler_output", features)[0]
+        reference = (features / features.norm()).numpy()
+        ours = encoder.encode(now_path(sample.data)[None])[0]
+        result[sample.name] = cosine(ours, reference)
+    return result
+
+
+# Through a real proxy: this tree against a baseline tree
+
+
+def baseline_tree(rev: str, into: Path) -> Path:
+    """`git archive` of `rev` (the branch point by default): the code before this work."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
+    ).stdout
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def proxy_stages(
+    tree: Path, checkpoint: Path, samples: list[Sample], repeats: int
+) -> dict[str, Any]:
+    """Median Server-Timing decode and preprocess (ms) per kind, one `serve` process."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tree),
+        "CLIP_PROXY_CLIP_MODEL": str(checkpoint),
+        "CLIP_PROXY_DEVICE": "cpu",
+        "CLIP_PROXY_UPSTREAM_BASE_URL": "http://127.0.0.1:9/v1",  # dry runs send nothing
+        "CLIP_PROXY_CACHE_MEMORY_BYTES": "0",  # every request decodes its image
+        "CLIP_PROXY_PREPROCESS_THREADS": "1",
+        "CLIP_PROXY_LOG_LEVEL": "warning",
+    }
+    command = [sys.executable, "-c", "from app.cli import main; raise SystemExit(main())"]
+    process = subprocess.Popen(
+        [*command, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=tree,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url)
+        stages: dict[str, dict[str, list[float]]] = {}
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for sample in samples:
+                body = chat_body(sample.data)
+                for attempt in range(repeats + 1):
+                    response = client.post(
+                        "/v1/chat/completions", json=body, headers={"X-Clip-Proxy-Dry-Run": "true"}
+                    )
+                    response.raise_for_status()
+                    if attempt == 0:
+                        continue  # warm
+                    timing = parse_server_timing(response.headers["server-timing"])
+                    kind = stages.setdefault(sample.kind, {"decode": [], "preprocess": []})
+                    for stage in ("decode", "preprocess"):
+                        kind[stage].append(timing.get(stage, 0.0))
+        return {
+            kind: {stage: statistics.median(values) for stage, values in by_stage.items()}
+            for kind, by_stage in stages.items()
+        }
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the proxy at {url} did not become ready")
+
+
+def chat_body(data: bytes) -> dict[str, Any]:
+    with Image.open(io.BytesIO(data)) as opened:
+        mime = Image.MIME[str(opened.format)]
+    url = f"data:{mime};base64," + base64.b64encode(data).decode()
+    content = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": url}},
+    ]
+    return {"model": "deepseek-r1", "messages": [{"role": "user", "content": content}]}
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    return {
+        match.group(1): float(match.group(2))
+        for match in re.finditer(r"(\w+);dur=([\d.]+)", header)
+    }
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64)))
+
+
+# Report
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        kinds.setdefault(row["kind"], []).append(row)
+    summary = []
+    for kind, group in kinds.items():
+        entry: dict[str, Any] = {"kind": kind, "images": len(group)}
+        for label in PATHS:
+            entry[f"{label}_ms"] = statistics.mean(row[f"{label}_ms"] for row in group)
+            entry[f"{label}_min_ms"] = statistics.mean(row[f"{label}_min_ms"] for row in group)
+        entry["min_pixel_cosine"] = min(row["pixel_cosine"] for row in group)
+        summary.append(entry)
+    return summary
+
+
+def write(out: Path, result: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    meta = result["meta"]
+    lines = [
+        "# Front end: decode + preprocess per image (issue 17)",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {meta['machine']}; {meta['cpus']} CPUs, **shared with other engineers' "
+        "jobs while this ran**: absolute times are noisy, the paths were measured side by "
+        "side in one run, so compare ratios.",
+        "",
+        "## ms per image, one thread",
+        "",
+        "Mean over the images of a kind of each image's median (and, in brackets, of its "
+        "fastest run: the least disturbed by other jobs).",
+        "",
+        "| kind | images | CLIPImageProcessor | before (v1) | now | now vs before | "
+        "pixel cosine to processor (min) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["summary"]:
+        lines.append(
+            f"| {row['kind']} | {row['images']} | {row['processor_ms']:.1f} "
+            f"({row['processor_min_ms']:.1f}) | {row['before_ms']:.1f} "
+            f"({row['before_min_ms']:.1f}) | **{row['now_ms']:.1f}** ({row['now_min_ms']:.1f}) | "
+            f"{row['before_ms'] / row['now_ms']:.1f}x | {row['min_pixel_cosine']:.6f} |"
+        )
+    lines += [
+        "",
+        "Per image:",
+        "",
+        "| image | bytes | processor ms | before ms | now ms | pixel cosine |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["per_image"]:
+        lines.append(
+            f"| {row['name']} | {row['bytes']:,} | {row['processor_ms']:.1f} | "
+            f"{row['before_ms']:.1f} | {row['now_ms']:.1f} | {row['pixel_cosine']:.6f} |"
+        )
+    lines += [
+        "",
+        "## images/s of the server's path over the whole corpus",
+        "",
+        "| executor | workers | images/s |",
+        "| --- | --- | --- |",
+    ]
+    for row in result["throughput"]:
+        lines.append(f"| {row['executor']} | {row['workers']} | {row['images_per_s']:.1f} |")
+    norm = result["normalise"]
+    lines += [
+        "",
+        "## Normalising: on the CPU per image, or in the encoder per batch (torch, CPU here)",
+        "",
+        f"NumPy per image: {norm['numpy_per_image_ms']:.3f} ms; torch on a batch of 32: "
+        f"{norm['torch_batch_per_image_ms']:.3f} ms per image.",
+        "",
+        "## Vector cosine to the seed's reference path (fp32, CPU)",
+        "",
+        "| checkpoint | min | per image |",
+        "| --- | --- | --- |",
+    ]
+    for checkpoint, cosines in result["vector_cosine"].items():
+        detail = ", ".join(f"{name} {value:.6f}" for name, value in cosines.items())
+        lines.append(f"| {checkpoint} | {min(cosines.values()):.6f} | {detail} |")
+    if result.get("proxy"):
+        proxy = result["proxy"]
+        lines += [
+            "",
+            "## Through a real proxy: Server-Timing medians (ms), baseline "
+            f"`{proxy['baseline_rev']}` vs this tree",
+            "",
+            "`clip-proxy serve`, test checkpoint, CPU, cache off, 1 preprocessing thread, "
+            f"{proxy['repeats']} dry-run chat requests per image, one after another.",
+            "",
+            "| kind | decode before | decode now | preprocess before | preprocess now | "
+            "decode+preprocess gain |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for kind, now in proxy["now"].items():
+            before = proxy["before"][kind]
+            total_before = before["decode"] + before["preprocess"]
+            total_now = now["decode"] + now["preprocess"]
+            lines.append(
+                f"| {kind} | {before['decode']:.1f} | {now['decode']:.1f} | "
+                f"{before['preprocess']:.1f} | {now['preprocess']:.1f} | "
+                f"{total_before / total_now:.1f}x |"
+            )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "frontend")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--seconds", type=float, default=6.0, help="per throughput setting")
+    parser.add_argument("--proxy-repeats", type=int, default=5)
+    parser.add_argument("--baseline-rev", default="", help="default: merge-base with main")
+    parser.add_argument("--quick", action="store_true", help="small corpus, no ViT-L/14")
+    parser.add_argument("--no-proxy", action="store_true")
+    args = parser.parse_args()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    torch.set_num_threads(1)  # one core per image path, as a preprocessing thread has
+
+    print("corpus...", flush=True)
+    samples = corpus(args.quick)
+    print("per image, one thread:", flush=True)
+    rows = per_image(samples, args.repeats)
+    print("throughput:", flush=True)
+    rates = throughput(samples, args.seconds)
+    result: dict[str, Any] = {
+        "per_image": rows,
+        "summary": summarise(rows),
+        "throughput": rates,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoints = {"test checkpoint": make_test_model(Path(tmp) / "test")}
+        if not args.quick:
+            checkpoints["ViT-L/14 (random weights)"] = make_test_model(
+                Path(tmp) / "vit-l14", vision=VIT_L14_VISION
+            )
+        encoder = ClipImageEncoder.load(str(checkpoints["test checkpoint"]), "cpu", "float32")
+        result["normalise"] = normalise_costs(encoder)
+        print("vector cosines...", flush=True)
+        one_per_kind = list({sample.kind: sample for sample in samples}.values())
+        result["vector_cosine"] = {
+            label: vector_cosines(path, samples if label == "test checkpoint" else one_per_kind)
+            for label, path in checkpoints.items()
+        }
+        if not args.no_proxy:
+            rev = (
+                args.baseline_rev
+                or subprocess.run(
+                    ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+            )
+            print(f"proxy stages, baseline {rev[:10]} then this tree...", flush=True)
+            base = baseline_tree(rev, Path(tmp) / "baseline")
+            proxy_samples = one_per_kind if args.quick else samples
+            before = proxy_stages(
+                base, checkpoints["test checkpoint"], proxy_samples, args.proxy_repeats
+            )
+            now = proxy_stages(
+                ROOT, checkpoints["test checkpoint"], proxy_samples, args.proxy_repeats
+            )
+            result["proxy"] = {
+                "baseline_rev": rev[:10],
+                "repeats": args.proxy_repeats,
+                "before": before,
+                "now": now,
+            }
+    result["meta"] = {
+        "command": "python -m bench.frontend " + " ".join(sys.argv[1:]),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "pillow": Image.__version__,
+        "torch": torch.__version__,
+    }
+    write(args.out, result)
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
