@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 from transformers.utils import logging as transformers_logging
 
@@ -59,7 +59,8 @@ from app.encoder.preprocess import (
 )
 from app.encoder.test_model import VIT_L14_VISION, make_test_model
 from app.ingest import ImageLimits, decode_image, decode_image_at_least
-from tests.helpers import free_port, phone_photo
+from tests.corpus import phone_photo, screenshot
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = ImageLimits(max_bytes=1 << 30, max_pixels=1 << 30)
@@ -72,29 +73,6 @@ class Sample:
     kind: str
     name: str
     data: bytes
-
-
-def screenshot(size: tuple[int, int], seed: int) -> bytes:
-    """A UI-like PNG: flat panels, lines of text, an icon grid."""
-    rng = np.random.default_rng(seed)
-    image = Image.new("RGB", size, (246, 247, 249))
-    draw = ImageDraw.Draw(image)
-    width, height = size
-    draw.rectangle((0, 0, width // 5, height), fill=(32, 36, 44))
-    for row in range(40, height - 20, 26):
-        length = int(rng.integers(20, 90))
-        text = " ".join("lorem ipsum dolor sit amet" for _ in range(length // 20 + 1))[:length]
-        shade = tuple(int(v) for v in rng.integers(20, 90, 3))
-        draw.text((width // 5 + 30, row), text, fill=shade)
-        draw.text((16, row), text[:18], fill=(200, 204, 210))
-    for index in range(24):
-        x = width - 420 + (index % 6) * 64
-        y = 60 + (index // 6) * 64
-        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
-        draw.rounded_rectangle((x, y, x + 48, y + 48), radius=10, fill=colour)
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def corpus(quick: bool) -> list[Sample]:

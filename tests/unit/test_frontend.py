@@ -31,7 +31,8 @@ from app.encoder.preprocess import (
 )
 from app.errors import InvalidImage
 from app.ingest import ImageLimits, decode_image, decode_image_at_least, probe_image
-from tests.helpers import DATA, PHOTOS, cosine, phone_photo
+from tests.corpus import phone_photo
+from tests.helpers import DATA, PHOTOS, cosine
 
 LIMITS = ImageLimits(max_bytes=64 * 1024 * 1024, max_pixels=40_000_000)
 SPEC = PreprocessSpec()
