@@ -227,6 +227,8 @@ class ClipImageEncoder:
                 compute.wait_event(staged.ready)
                 # The copy stream allocated it: keep the allocator from reusing it early.
                 batch.record_stream(compute)
+            elif staged.ready is not None:  # staged on the GPU, the model since moved off it
+                staged.ready.synchronize()
             if batch.device != self.device:  # the model fell back to the CPU meanwhile
                 batch = batch.to(self.device)
             embeds = self.model(pixel_values=self._model_input(batch)).image_embeds.float()

@@ -111,10 +111,12 @@ def preprocess_uint8(
         # The crop would reach past the resized picture (padding): the plain way.
         cropped = _resize_then_crop(image, spec, width, height)
     else:
+        left, top, right, bottom = crop_box(width, height, spec, scale=scale)
         cropped = image.resize(
             (spec.crop, spec.crop),
             Image.Resampling.BICUBIC,
-            box=crop_box(width, height, spec, scale=scale),
+            # Float rounding may put the far edge a hair past the picture, which PIL refuses.
+            box=(left, top, min(right, image.width), min(bottom, image.height)),
             reducing_gap=REDUCING_GAP,
         )
     return np.ascontiguousarray(np.asarray(cropped, dtype=np.uint8).transpose(2, 0, 1))

@@ -162,3 +162,14 @@ def test_buckets_pad_batches_up_to_a_fixed_size() -> None:
     assert (padded[5:] == 0).all()
     assert pad_to_bucket(batch, ()) is batch
     assert pad_to_bucket(np.ones((40, 3, 4, 4), dtype=np.uint8), (1, 2, 32)).shape[0] == 40
+
+
+@pytest.mark.parametrize("size", [(225, 228), (225, 235), (228, 225)])
+def test_crop_box_rounding_past_the_edge_is_clamped(size: tuple[int, int]) -> None:
+    # For these sizes the float crop box ends a hair past the picture; PIL would refuse it.
+    image = Image.new("RGB", size, (10, 120, 200))
+
+    pixels = preprocess_uint8(image, SPEC)
+
+    assert pixels.shape == (3, 224, 224)
+    assert (pixels[:, 112, 112] == (10, 120, 200)).all()
