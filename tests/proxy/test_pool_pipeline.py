@@ -4,7 +4,8 @@ The pipeline is chosen by device (CUDA); `pipeline=True` forces it here on the r
 model, so the threading, the ordering and every failure path run without a GPU: batch N+1
 is staged while batch N runs, vectors match the one-batch-at-a-time path, a failure in any
 step reruns the batch the careful way (split on OOM, isolate a bad image), a dead stager
-restarts the worker, and stopping answers what was staged.
+restarts the worker. The image pipeline's device-decoder path runs with stand-in decoders
+(nvJPEG needs a GPU), and GPU_DECODE on a CPU host serves with CPU decoding.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -22,8 +24,12 @@ from PIL import Image
 from app.encoder.clip import ClipImageEncoder, LaunchedBatch, StagedBatch
 from app.encoder.pool import EncoderPool
 from app.encoder.preprocess import BytePixels, Pixels, preprocess_uint8
-from app.errors import EncoderFailed
-from tests.helpers import DATA, PHOTOS, cosine
+from app.errors import EncoderFailed, InvalidImage
+from app.image_pipeline import ImagePipeline
+from app.ingest import ImageLimits, ImageSource, SourceKind, decode_image_at_least
+from app.safe_fetch import FetchPolicy, SafeFetcher
+from tests.corpus import phone_photo
+from tests.helpers import DATA, DRY_RUN, PHOTOS, cosine, data_url, image_message, parse_vector
 
 POISON = 7  # first pixel value that makes a step misbehave
 
@@ -279,3 +285,74 @@ def test_cpu_encoders_do_not_pipeline_unless_asked(
 
     assert all(isinstance(vector, np.ndarray) for vector in results)
     assert {step for step, _ in steps.calls} == {"encode"}
+
+
+# The image pipeline's device-decoder path, with stand-in decoders (nvJPEG needs a GPU)
+
+
+def test_device_decoder_pixels_are_used_and_failures_fall_back_to_the_cpu(
+    encoder: ClipImageEncoder,
+) -> None:
+    limits = ImageLimits(max_bytes=1 << 26, max_pixels=40_000_000)
+    jpeg = phone_photo((1920, 1080))
+    seen: list[tuple[int, int]] = []
+
+    def cpu_pixels(data: bytes) -> BytePixels:
+        decoded = decode_image_at_least(data, limits, encoder.spec.decode_short_side, param=None)
+        return preprocess_uint8(
+            decoded.image, encoder.spec, full_size=(decoded.width, decoded.height), scale=2
+        )
+
+    def working(data: bytes, width: int, height: int) -> BytePixels:
+        seen.append((width, height))
+        return cpu_pixels(data)
+
+    def refusing(data: bytes, width: int, height: int) -> BytePixels:
+        seen.append((width, height))
+        raise RuntimeError("nvJPEG: unsupported JPEG")
+
+    async def embed(decoder: Any, data: bytes) -> Any:
+        pool = EncoderPool([encoder], max_batch=4, max_wait_ms=1)
+        pool.start()
+        pipeline = ImagePipeline(limits, SafeFetcher(FetchPolicy(max_bytes=limits.max_bytes)))
+        pipeline.use_device_decoder(decoder)
+        pipeline.attach(pool)
+        try:
+            return await pipeline.embed(ImageSource(SourceKind.upload, param="image", data=data))
+        finally:
+            pipeline.close()
+
+    expected = encoder.encode(cpu_pixels(jpeg)[None])[0]
+    for decoder in (working, refusing):
+        result = asyncio.run(embed(decoder, jpeg))
+        assert (result.width, result.height) == (1920, 1080)
+        assert cosine(result.vector, expected) >= 0.99999
+    assert seen == [(1920, 1080), (1920, 1080)]
+
+    # A PNG never reaches the device decoder; a broken JPEG is refused by its header check.
+    png = (DATA / "coffee.png").read_bytes()
+    assert isinstance(asyncio.run(embed(refusing, png)).vector, np.ndarray)
+    assert len(seen) == 2
+    with pytest.raises(InvalidImage):
+        asyncio.run(embed(working, b"\xff\xd8\xff\xe0 truncated"))
+    assert len(seen) == 2
+
+
+def test_gpu_decode_on_a_cpu_host_serves_with_cpu_decoding(
+    start_proxy: Callable[..., Any], reference_vectors: dict[str, np.ndarray]
+) -> None:
+    proxy = start_proxy(gpu_decode=True, encoder_pipeline=True, encoder_cuda_graphs=True)
+    body = {
+        "model": "deepseek-r1",
+        "messages": [image_message(data_url(DATA / "rocket.jpg", "image/jpeg"))],
+    }
+
+    response = httpx.post(
+        proxy.url + "/v1/chat/completions", json=body, headers=DRY_RUN, timeout=30
+    )
+
+    assert response.status_code == 200
+    content = response.json()["messages"][0]["content"]
+    vector = parse_vector(content.split("<image>")[1].split("</image>")[0])
+    assert cosine(vector, reference_vectors["rocket.jpg"]) >= 0.999
+    assert "decode;dur=" in response.headers["server-timing"]
