@@ -153,7 +153,9 @@ def _decode(
             opened.draft(None, (short_side, short_side))
         decoded_size = opened.size
         opened.load()
-        image = ImageOps.exif_transpose(opened)
+        # In place: without an orientation tag it would otherwise copy every pixel.
+        ImageOps.exif_transpose(opened, in_place=True)
+        image = opened
     # libjpeg scales by 1, 2, 4 or 8 and rounds the size up: the ratio names the factor.
     scale = max(1, round(full_width / decoded_size[0]))
     if image.size != decoded_size:  # EXIF turned it by 90 degrees
