@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import numpy as np
 import uvicorn
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
@@ -119,22 +118,6 @@ def fresh_png(seed: int) -> bytes:
         len(tag).to_bytes(4, "big") + b"tEXt" + tag + zlib.crc32(b"tEXt" + tag).to_bytes(4, "big")
     )
     return data[:33] + chunk + data[33:]  # after the 8-byte signature and the IHDR chunk
-
-
-def phone_photo(
-    size: tuple[int, int], *, photo: str = "chelsea.png", fmt: str = "JPEG", seed: int = 0
-) -> bytes:
-    """A photo re-encoded at a camera's size: a test photo scaled up, with sensor-like
-    grain (without it a scaled-up picture compresses far better than a real one: a 12 MP
-    JPEG at quality 90 comes to about 2.5 MB, as a phone's does)."""
-    with Image.open(DATA / photo) as opened:
-        scaled = opened.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-    grain = np.random.default_rng(seed).normal(0, 6, (size[1], size[0], 3))
-    noisy = np.clip(np.asarray(scaled, dtype=np.float32) + grain, 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    options = {"quality": 90} if fmt in ("JPEG", "WEBP") else {}
-    Image.fromarray(noisy).save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 def parse_vector(text: str) -> np.ndarray:
