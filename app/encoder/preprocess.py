@@ -40,7 +40,7 @@ PREPROCESS_VERSION = 2
 # pixels per side; 3.0 is where Pillow finds the result indistinguishable from one resize.
 REDUCING_GAP = 3.0
 # A JPEG is decoded in the DCT domain with its short side at least this many times the
-# resize target: at 1x (1/8 scale for a 12 MP photo) pixels fell to cosine 0.9995, at 2x
+# resize target: at 1x (1/4 scale at 1080p, 1/8 at 12 MP) pixels fell to cosine 0.9996, at 2x
 # they stay above 0.9999 (bench/results/frontend.md).
 DECODE_SHORT_SIDE_FACTOR = 2
 
