@@ -136,6 +136,16 @@ class Settings(BaseSettings):
     # The browser playground at /playground (and / redirecting there); false turns both off.
     playground: bool = True
 
+    # --- Image front end on GPU hosts (issue 17) ---
+    # Decode JPEGs with nvJPEG on the first CUDA device (needs torchvision in the GPU image;
+    # the CPU set-up never installs it); any image it refuses is decoded on the CPU.
+    gpu_decode: bool = False
+    # CUDA workers pipeline their batches (copy of N+1 beside compute of N); false: one
+    # batch at a time, as on the CPU. CPU workers never pipeline.
+    encoder_pipeline: bool = True
+    # With ENCODER_COMPILE on CUDA: one CUDA graph per batch bucket ("reduce-overhead").
+    encoder_cuda_graphs: bool = False
+
     @field_validator("device", mode="before")
     @classmethod
     def _parse_device(cls, value: object) -> object:

@@ -6,19 +6,27 @@ header before the full decode (the decompression-bomb guard).
 
     data = await read_image_source(source, limits, fetcher)
     image = decode_image(data, limits, param=source.param)   # in a worker thread
+    decoded = decode_image_at_least(data, limits, 448, param=source.param)  # for the model
+
+`decode_image_at_least` decodes only the pixels the model needs: a JPEG is decoded in the
+DCT domain at 1/2, 1/4 or 1/8 scale (libjpeg's scaled IDCT, Pillow's `draft`) while its
+short side stays at or above the asked size, which skips most of the IDCT and colour work
+of a phone photo (bench/results/frontend.md).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from app.errors import InvalidImage, PayloadTooLarge
 from app.safe_fetch import SafeFetcher
@@ -27,6 +35,8 @@ from app.safe_fetch import SafeFetcher
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
 # The widest panorama or tallest strip accepted (see `_check_header`).
 MAX_ASPECT_RATIO = 100
+# EXIF orientations that turn the picture by 90 or 270 degrees (width and height swap).
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,", re.I)
 
 
@@ -91,16 +101,76 @@ def decode_data_url(url: str, max_bytes: int, *, param: str) -> bytes:
         raise InvalidImage("the data URL is not valid base64", param=param) from exc
 
 
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upright RGB picture, possibly decoded at 1/`scale` of its size.
+
+    `width` and `height` are the full upright size (what a client sent); `image` holds
+    about `width / scale` x `height / scale` pixels covering the whole picture.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+    scale: int = 1
+
+
 def decode_image(data: bytes, limits: ImageLimits, *, param: str | None) -> Image.Image:
     """Decode, check and normalise an image: upright (EXIF), RGB, fully loaded."""
+    return _decode(data, limits, param=param, short_side=0).image
+
+
+def decode_image_at_least(
+    data: bytes, limits: ImageLimits, short_side: int, *, param: str | None
+) -> DecodedImage:
+    """Like `decode_image`, but a JPEG may come out scaled down, short side >= `short_side`."""
+    return _decode(data, limits, param=param, short_side=short_side)
+
+
+def probe_image(data: bytes, limits: ImageLimits, *, param: str | None) -> DecodedImage:
+    """Check the header alone (format, size, bombs) and read the upright size; no pixels.
+
+    For a decoder elsewhere (the GPU's): `image` is the unloaded PIL image, `scale` 1.
+    """
+    with _image_errors(limits, param):
+        opened = Image.open(io.BytesIO(data))
+        _check_header(opened, limits, param)
+        width, height = opened.size
+        if opened.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS:
+            width, height = height, width
+    return DecodedImage(opened, width, height)
+
+
+def _decode(
+    data: bytes, limits: ImageLimits, *, param: str | None, short_side: int
+) -> DecodedImage:
+    with _image_errors(limits, param):
+        opened = Image.open(io.BytesIO(data))
+        _check_header(opened, limits, param)
+        full_width, full_height = opened.size
+        if short_side > 0 and opened.format == "JPEG":
+            # Keeps the mode; picks the smallest of 1/8..1/1 with both sides >= short_side.
+            opened.draft(None, (short_side, short_side))
+        decoded_size = opened.size
+        opened.load()
+        # In place: without an orientation tag it would otherwise copy every pixel.
+        ImageOps.exif_transpose(opened, in_place=True)
+        image = opened
+    # libjpeg scales by 1, 2, 4 or 8 and rounds the size up: the ratio names the factor.
+    scale = max(1, round(full_width / decoded_size[0]))
+    if image.size != decoded_size:  # EXIF turned it by 90 degrees
+        full_width, full_height = full_height, full_width
+    return DecodedImage(to_rgb(image), full_width, full_height, scale)
+
+
+@contextlib.contextmanager
+def _image_errors(limits: ImageLimits, param: str | None) -> Iterator[None]:
+    """Whatever PIL raises on a bad image becomes `InvalidImage` naming it."""
     try:
         with warnings.catch_warnings():
-            # PIL warns before it raises on bombs; the pixel check below is ours.
+            # PIL warns before it raises on bombs; the pixel check in _check_header is ours.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data))
-            _check_header(opened, limits, param)
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
+            yield
     except Image.DecompressionBombError as exc:
         # PIL's own guard fires in open() for sizes far past ours.
         raise InvalidImage(f"image has more than {limits.max_pixels} pixels", param=param) from exc
@@ -113,7 +183,6 @@ def decode_image(data: bytes, limits: ImageLimits, *, param: str | None) -> Imag
         # corrupt; crafted files reach struct.error, IndexError and the like in its plugins.
         # Whatever the decoder trips on, it is this image that is bad, not the server.
         raise InvalidImage("the image is truncated or corrupt", param=param) from exc
-    return to_rgb(image)
 
 
 def _check_header(image: Image.Image, limits: ImageLimits, param: str | None) -> None:

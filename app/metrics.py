@@ -223,7 +223,7 @@ class Metrics:
             registry=r,
         )
 
-        # Images, per image (app/image_pipeline.py).
+        # Images, per image (app/engine/image_pipeline.py).
         self.images = Counter(
             "clip_proxy_images",
             "Images received, by source: data_url, upload or url",

@@ -207,6 +207,7 @@ class Engine:
                 settings.encoder_dtype.value,
                 quantize=settings.encoder_quantize.value,
                 compile=settings.encoder_compile,
+                cuda_graphs=settings.encoder_cuda_graphs,
                 warm_batch=settings.max_batch,
             )
         except Exception as exc:
@@ -233,8 +234,13 @@ class Engine:
             max_queue=settings.encoder_queue_size,
             job_timeout_s=settings.encode_timeout_s,
             events=MetricsPoolEvents(self._metrics),
+            pipeline=None if settings.encoder_pipeline else False,
         )
         pool.start()
+        if settings.gpu_decode:
+            self._images.use_device_decoder(
+                clip.gpu_jpeg_decoder(encoders[0].name, encoders[0].spec)
+            )
         self.attach_pool(pool)
         logger.info("encoder loaded; warming up", extra={"devices": pool.devices})
         if self._captions is not None:

@@ -10,6 +10,11 @@ encoder pool batches what arrives from every request.
 
 With a cache (`app.engine.cache`), the bytes' SHA-256 is looked up before any decoding, and
 identical images in flight at once are decoded and encoded once.
+
+Decoding asks only for the pixels the model needs (a JPEG comes out of libjpeg already
+scaled down, `decode_image_at_least`), and preprocessing hands uint8 pixels to the pool,
+which normalises them on its device. With a device decoder (`use_device_decoder`: nvJPEG
+on a GPU host), JPEGs are decoded there, and any image it fails on is decoded here.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
+import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -25,14 +32,27 @@ from PIL import Image
 
 from app.engine.cache import EmbeddingCache, ImageEmbedding
 from app.engine.pool import EncoderPool
-from app.engine.preprocess import Pixels, preprocess
+from app.engine.preprocess import BytePixels, Pixels, preprocess_uint8
 from app.errors import EngineNotReady, ProxyError
-from app.ingest import ImageLimits, ImageSource, decode_image, read_image_source
+from app.ingest import (
+    ImageLimits,
+    ImageSource,
+    decode_image,
+    decode_image_at_least,
+    probe_image,
+    read_image_source,
+)
 from app.metrics import Metrics
 from app.request_context import count_fact, note_stage
 from app.safe_fetch import SafeFetcher
 
+logger = logging.getLogger(__name__)
+
 _HASH_IN_THREAD_BYTES = 256 * 1024
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+# (bytes, upright width, upright height) -> CHW uint8 crop; raises on what it cannot decode.
+DeviceDecoder = Callable[[bytes, int, int], BytePixels]
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,7 @@ class ImagePipeline:
         self._metrics = metrics or Metrics()
         self._executor = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="preprocess")
         self._pool: EncoderPool | None = None
+        self._device_decoder: DeviceDecoder | None = None
 
     @property
     def ready(self) -> bool:
@@ -108,6 +129,10 @@ class ImagePipeline:
         old, self._pool = self._pool, pool
         if old is not None and old is not pool:
             old.stop()
+
+    def use_device_decoder(self, decoder: DeviceDecoder | None) -> None:
+        """Decode JPEGs with `decoder` (GPU), falling back to the CPU image by image."""
+        self._device_decoder = decoder
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -171,15 +196,44 @@ class ImagePipeline:
         the worker thread, so the event loop's scheduling does not count)."""
         pool = self._require_pool()
         started = time.perf_counter()
-        image = decode_image(data, self._limits, param=param)
-        decoded = time.perf_counter()
-        pixels = preprocess(image, pool.spec)
+        if self._device_decoder is not None and data.startswith(_JPEG_MAGIC):
+            on_device = self._prepare_on_device(self._device_decoder, data, param, started)
+            if on_device is not None:
+                return on_device
+        decoded = decode_image_at_least(
+            data, self._limits, pool.spec.decode_short_side, param=param
+        )
+        decoded_at = time.perf_counter()
+        pixels = preprocess_uint8(
+            decoded.image, pool.spec, full_size=(decoded.width, decoded.height), scale=decoded.scale
+        )
         return _Prepared(
             pixels=pixels,
-            width=image.width,
-            height=image.height,
-            decode_s=decoded - started,
-            preprocess_s=time.perf_counter() - decoded,
+            width=decoded.width,
+            height=decoded.height,
+            decode_s=decoded_at - started,
+            preprocess_s=time.perf_counter() - decoded_at,
+        )
+
+    def _prepare_on_device(
+        self, decoder: DeviceDecoder, data: bytes, param: str, started: float
+    ) -> _Prepared | None:
+        """Decode, resize and crop on the device; None sends the image to the CPU path."""
+        header = probe_image(data, self._limits, param=param)  # limits hold on either path
+        try:
+            pixels = decoder(data, header.width, header.height)
+        except Exception as exc:
+            # nvJPEG refuses some JPEGs (CMYK, rare subsamplings): the CPU decodes those,
+            # and tells the client when the image itself is broken.
+            logger.info("GPU decode failed; decoding on the CPU", extra={"error": repr(exc)})
+            return None
+        # Decode, resize and crop are one device call: it all counts as decoding.
+        return _Prepared(
+            pixels=pixels,
+            width=header.width,
+            height=header.height,
+            decode_s=time.perf_counter() - started,
+            preprocess_s=0.0,
         )
 
     def decode(self, data: bytes, param: str) -> Image.Image:

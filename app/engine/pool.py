@@ -15,6 +15,12 @@ Faults stay small:
   supervisor thread starts a replacement, which warms up before it takes work;
 - every caller waits with a deadline (`job_timeout_s`), so nothing hangs forever.
 
+On CUDA (an encoder whose `pipelined` is true) each worker is a pipeline of two threads:
+a stager collects batch N+1, stacks it, pins it and starts its copy on the encoder's copy
+stream while the worker thread runs batch N; the worker queues N+1 on the GPU before it
+waits for N's vectors, so the GPU never idles between batches. A batch that fails there is
+run again through the path above (split, isolate, fall back). The CPU path is unchanged.
+
     pool = EncoderPool(encoders, max_batch=32, max_wait_ms=5, max_queue=1024)
     pool.start()                       # warms one batch per worker in its thread
     vector = await pool.encode(pixels)
@@ -30,11 +36,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from app.engine.preprocess import Pixels, PreprocessSpec
+from app.engine.preprocess import Pixels, PreprocessSpec, stack
 from app.errors import EncoderFailed, Overloaded
 
 logger = logging.getLogger(__name__)
@@ -66,6 +72,26 @@ class Encoder(Protocol):
 
     def fall_back_to_cpu(self) -> bool:
         """Move the model to the CPU; False if it is there already."""
+        ...
+
+
+@runtime_checkable
+class PipelinedEncoder(Encoder, Protocol):
+    """An encoder whose batch goes through three steps the pool can overlap (CUDA)."""
+
+    @property
+    def pipelined(self) -> bool: ...
+
+    def stage(self, pixels: Pixels) -> Any:
+        """Start moving a batch to the device."""
+        ...
+
+    def launch(self, staged: Any) -> Any:
+        """Queue the model on a staged batch; returns before the device is done."""
+        ...
+
+    def collect(self, launched: Any) -> np.ndarray:
+        """Wait for a launched batch's vectors."""
         ...
 
 
@@ -118,6 +144,27 @@ class _Worker:
     in_flight: list[_Job] = field(default_factory=list)
     restarts: int = 0
     next_start_at: float = 0.0
+    # The pipeline's stager and worker threads both change in_flight.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def hold(self, jobs: list[_Job]) -> None:
+        with self.lock:
+            self.in_flight = [*self.in_flight, *jobs]
+
+    def release(self, jobs: list[_Job]) -> None:
+        done = {id(job) for job in jobs}
+        with self.lock:
+            self.in_flight = [job for job in self.in_flight if id(job) not in done]
+
+
+@dataclass
+class _Batch:
+    """A batch in the pipeline: staged (or failed to), then launched."""
+
+    jobs: list[_Job]
+    handle: Any = None  # what stage, then launch, returned
+    error: Exception | None = None
+    started: float = field(default_factory=time.perf_counter)
 
 
 class EncoderPool:
@@ -132,9 +179,13 @@ class EncoderPool:
         max_queue: int = 1024,
         job_timeout_s: float = 60.0,
         events: PoolEvents | None = None,
+        pipeline: bool | None = None,
     ) -> None:
+        """`pipeline`: None lets each encoder say (`pipelined`: CUDA); True forces it on an
+        encoder that has the three steps (tests run it on the CPU); False turns it off."""
         if not encoders:
             raise ValueError("an encoder pool needs at least one encoder")
+        self._pipeline = pipeline
         self._workers = [_Worker(encoder, encoder.name) for encoder in encoders]
         self._spec = encoders[0].spec
         self._dim = encoders[0].dim
@@ -203,7 +254,7 @@ class EncoderPool:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            _settle(job, error=Overloaded("the image encoder is shutting down", retry_after_s=1))
+            _settle(job, error=_shutting_down())
 
     async def encode(self, pixels: Pixels) -> np.ndarray:
         """The unit vector of one preprocessed image, computed in some batch."""
@@ -258,6 +309,10 @@ class EncoderPool:
         try:
             worker.encoder.warm_up()
             worker.warm = True
+            pipelined = self._pipelined(worker.encoder)
+            if pipelined is not None:
+                self._serve_pipelined(worker, pipelined)
+                return
             while not self._stopping.is_set():
                 batch = self._collect()
                 if not batch:
@@ -272,6 +327,151 @@ class EncoderPool:
             for job in worker.in_flight:
                 _settle(job, error=EncoderFailed("the image encoder worker crashed"))
             worker.in_flight = []
+
+    def _pipelined(self, encoder: Encoder) -> PipelinedEncoder | None:
+        if self._pipeline is False or not isinstance(encoder, PipelinedEncoder):
+            return None
+        return encoder if self._pipeline or encoder.pipelined else None
+
+    # The CUDA pipeline: stager thread -> staged queue -> this thread (launch, collect)
+
+    def _serve_pipelined(self, worker: _Worker, encoder: PipelinedEncoder) -> None:
+        # One batch staged ahead: batch N+1 copies while N computes, and no more is held
+        # back from the other workers than that.
+        staged: queue.Queue[_Batch] = queue.Queue(maxsize=1)
+        finished = threading.Event()
+        stager = threading.Thread(
+            target=self._stage_batches,
+            args=(worker, encoder, staged, finished),
+            name=f"encoder-stage-{worker.device}",
+            daemon=True,
+        )
+        stager.start()
+        pending: _Batch | None = None
+        try:
+            while not self._stopping.is_set():
+                if not stager.is_alive():
+                    raise RuntimeError("the encoder's stager thread died")
+                try:
+                    # With a batch on the GPU, only take one that is ready now; otherwise
+                    # collect the running one first rather than keep its callers waiting.
+                    batch = staged.get_nowait() if pending else staged.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if pending is not None:
+                        self._finish(worker, encoder, pending)
+                        pending = None
+                    continue
+                launched = self._launch(worker, encoder, batch)
+                if pending is not None:
+                    self._finish(worker, encoder, pending)
+                pending = launched
+            if pending is not None:
+                self._finish(worker, encoder, pending)
+        finally:
+            finished.set()
+            stager.join(5.0)
+            # Shutting down: a staged batch that will not run is answered now.
+            with contextlib.suppress(queue.Empty):
+                left = staged.get_nowait()
+                for job in left.jobs:
+                    _settle(job, error=_shutting_down())
+                worker.release(left.jobs)
+
+    def _stage_batches(
+        self,
+        worker: _Worker,
+        encoder: PipelinedEncoder,
+        staged: queue.Queue[_Batch],
+        finished: threading.Event,
+    ) -> None:
+        try:
+            self._stage_until_finished(worker, encoder, staged, finished)
+        except BaseException:
+            # The worker thread sees this thread gone, fails what it held and is replaced.
+            logger.exception("encoder stager died", extra={"device": worker.device})
+
+    def _stage_until_finished(
+        self,
+        worker: _Worker,
+        encoder: PipelinedEncoder,
+        staged: queue.Queue[_Batch],
+        finished: threading.Event,
+    ) -> None:
+        while not (self._stopping.is_set() or finished.is_set()):
+            jobs = self._collect()
+            live = [job for job in jobs if not job.abandoned()]
+            if len(live) < len(jobs):
+                self._events.dropped(len(jobs) - len(live))
+            if not live:
+                continue
+            worker.hold(live)
+            batch = _Batch(live)
+            try:
+                batch.handle = encoder.stage(stack([job.pixels for job in live]))
+            except Exception as exc:
+                batch.error = exc  # the worker thread runs it the careful way
+            while True:
+                try:
+                    staged.put(batch, timeout=_POLL_S)
+                    break
+                except queue.Full:
+                    if self._stopping.is_set() or finished.is_set():
+                        for job in live:
+                            _settle(job, error=_shutting_down())
+                        worker.release(live)
+                        return
+
+    def _launch(self, worker: _Worker, encoder: PipelinedEncoder, batch: _Batch) -> _Batch | None:
+        """Queue `batch` on the device; a failure reruns it the careful way (None then)."""
+        if batch.error is None:
+            try:
+                batch.started = time.perf_counter()
+                batch.handle = encoder.launch(batch.handle)
+                return batch
+            except Exception as exc:
+                batch.error = exc
+        self._rerun(worker, batch)
+        return None
+
+    def _finish(self, worker: _Worker, encoder: PipelinedEncoder, batch: _Batch) -> None:
+        try:
+            vectors = encoder.collect(batch.handle)
+        except Exception as exc:
+            batch.error = exc
+            self._rerun(worker, batch)
+            return
+        finished = time.perf_counter()
+        for job, vector in zip(batch.jobs, vectors, strict=True):
+            _settle(job, result=vector)
+        worker.release(batch.jobs)
+        self._events.batch(
+            BatchReport(
+                device=worker.device,
+                size=len(batch.jobs),
+                queue_wait_s=[batch.started - job.queued_at for job in batch.jobs],
+                encode_s=finished - batch.started,
+            )
+        )
+
+    def _rerun(self, worker: _Worker, batch: _Batch) -> None:
+        """A batch that failed in the pipeline goes through `_encode_group`: on OOM that
+        splits it or falls back to the CPU, on a bad image it isolates that one."""
+        encoder = worker.encoder
+        if batch.error is not None and encoder.is_out_of_memory(batch.error):
+            encoder.release_memory()
+        else:
+            logger.warning(
+                "pipelined encoder batch failed; running it again step by step",
+                extra={
+                    "device": worker.device,
+                    "size": len(batch.jobs),
+                    "error": repr(batch.error),
+                },
+            )
+        live = [job for job in batch.jobs if not job.abandoned()]
+        if live:
+            self._encode_group(worker, live)
+        worker.release(batch.jobs)
 
     def _collect(self) -> list[_Job]:
         try:
@@ -303,7 +503,7 @@ class EncoderPool:
         encoder = worker.encoder
         started = time.perf_counter()
         try:
-            vectors = encoder.encode(np.stack([job.pixels for job in jobs]))
+            vectors = encoder.encode(stack([job.pixels for job in jobs]))
         except Exception as exc:
             if encoder.is_out_of_memory(exc):
                 self._recover_from_oom(worker, jobs)
@@ -352,6 +552,10 @@ class EncoderPool:
             self._encode_group(worker, jobs)
             return
         _settle(jobs[0], error=EncoderFailed("the image encoder ran out of memory"))
+
+
+def _shutting_down() -> Overloaded:
+    return Overloaded("the image encoder is shutting down", retry_after_s=1)
 
 
 def _is_up(worker: _Worker) -> bool:
