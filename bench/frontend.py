@@ -45,6 +45,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor
@@ -560,7 +561,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "pillow": Image.__version__,
+        "pillow": PIL.__version__,
         "torch": torch.__version__,
     }
     write(args.out, result)

@@ -406,7 +406,10 @@ def out_of_memory(check: Check) -> dict[str, Any]:
 
 
 async def _encode_many(pool: EncoderPool, images: list[BytePixels]) -> list[Any]:
-    return await asyncio.gather(*(pool.encode(p) for p in images), return_exceptions=True)
+    results: list[Any] = await asyncio.gather(
+        *(pool.encode(p) for p in images), return_exceptions=True
+    )
+    return results
 
 
 # Report

@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 
 from app.engine.clip import ClipImageEncoder, LaunchedBatch, StagedBatch
+from app.engine.image_pipeline import ImagePipeline
 from app.engine.pool import EncoderPool
 from app.engine.preprocess import BytePixels, Pixels, preprocess_uint8
 from app.errors import EncoderFailed, InvalidImage
-from app.engine.image_pipeline import ImagePipeline
 from app.ingest import ImageLimits, ImageSource, SourceKind, decode_image_at_least
 from app.safe_fetch import FetchPolicy, SafeFetcher
 from tests.corpus import phone_photo
@@ -142,7 +142,10 @@ def has_poison(pixels: Pixels) -> bool:
 
 
 async def encode_all(pool: EncoderPool, images: list[BytePixels]) -> list[Any]:
-    return await asyncio.gather(*(pool.encode(p) for p in images), return_exceptions=True)
+    results: list[Any] = await asyncio.gather(
+        *(pool.encode(p) for p in images), return_exceptions=True
+    )
+    return results
 
 
 def test_pipelined_vectors_match_one_batch_at_a_time(
