@@ -18,13 +18,22 @@ import warnings
 from dataclasses import dataclass
 from enum import StrEnum
 
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import InvalidImage, PayloadTooLarge
 from app.safe_fetch import SafeFetcher
 
+# iPhones write HEIC; Pillow reads AVIF itself, HEIF through pillow-heif's opener, which
+# applies the container's rotation on decode (and resets the EXIF orientation to match).
+pillow_heif.register_heif_opener()
+
 # Formats a chat client sends; anything else (SVG, TIFF, PSD, ICO...) is refused by name.
-ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
+# MPO is a JPEG with more images behind an MPF index (phones write gain maps and depth maps
+# there): its first image is the photo.
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "GIF", "HEIF", "AVIF"})
+# Formats whose extra frames are not animation (see `_is_animated`).
+_STILL_WITH_FRAMES = frozenset({"MPO"})
 # The widest panorama or tallest strip accepted (see `_check_header`).
 MAX_ASPECT_RATIO = 100
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,", re.I)
@@ -119,7 +128,8 @@ def decode_image(data: bytes, limits: ImageLimits, *, param: str | None) -> Imag
 def _check_header(image: Image.Image, limits: ImageLimits, param: str | None) -> None:
     if image.format not in ALLOWED_FORMATS:
         raise InvalidImage(
-            f"image format {image.format} is not supported; send PNG, JPEG, WEBP or GIF",
+            f"image format {image.format} is not supported; "
+            "send PNG, JPEG, WEBP, GIF, HEIC or AVIF",
             param=param,
         )
     width, height = image.size
@@ -137,7 +147,7 @@ def _check_header(image: Image.Image, limits: ImageLimits, param: str | None) ->
             "are not supported",
             param=param,
         )
-    if getattr(image, "is_animated", False):
+    if getattr(image, "is_animated", False) and image.format not in _STILL_WITH_FRAMES:
         raise InvalidImage("animated images are not supported; send one frame", param=param)
 
 

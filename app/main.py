@@ -80,7 +80,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.upstream.aclose()
             await state.fetcher.aclose()
 
-    app = FastAPI(title="clip-proxy", version="0.1.0", lifespan=lifespan)
+    docs = settings.docs
+    app = FastAPI(
+        title="clip-proxy",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.include_router(chat.router)
     app.include_router(embeddings.router)
     app.include_router(models.router)
