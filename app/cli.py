@@ -40,12 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(host: str, port: int) -> int:
-    import uvicorn
-
     from app.config import Settings
     from app.logging_setup import configure_logging
     from app.main import create_app
-    from app.server import DrainingServer
+    from app.server import DrainingServer, server_config
 
     try:
         settings = Settings()
@@ -55,17 +53,8 @@ def _serve(host: str, port: int) -> int:
     configure_logging(settings.log_level, secrets=_secrets(settings))
     # One worker per process: the encoder owns the GPU; scale with replicas, not workers.
     # (An app object, not an import string, so uvicorn cannot be asked to fork workers.)
-    # log_config=None keeps the JSON logging above; the proxy logs each request itself.
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-    )
+    config = server_config(app, settings, host=host, port=port)
     server = DrainingServer(config, app.state.admission, drain_delay_s=settings.drain_delay_s)
     server.run()
     return 0
