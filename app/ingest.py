@@ -10,7 +10,6 @@ header before the full decode (the decompression-bomb guard).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import re
@@ -90,14 +89,34 @@ def decode_data_url(url: str, max_bytes: int, *, param: str) -> bytes:
     mime = (match.group("mime") or "").lower()
     if mime and not mime.startswith("image/"):
         raise InvalidImage(f"data URL media type {mime!r} is not an image", param=param)
-    payload = url[match.end() :]
+    start = match.end()
     # Refuse oversized payloads before decoding them: base64 is 4 characters per 3 bytes.
-    if len(payload) * 3 // 4 > max_bytes + 3:
+    if (len(url) - start) * 3 // 4 > max_bytes + 3:
         raise PayloadTooLarge(f"image is larger than {max_bytes} bytes", param=param)
     try:
-        return base64.b64decode(payload, validate=True)
+        return _decode_base64(url, start)
     except (binascii.Error, ValueError) as exc:
         raise InvalidImage("the data URL is not valid base64", param=param) from exc
+
+
+# Decoded a slice at a time (a multiple of 4 characters), so that besides the URL and the
+# image only one slice is alive: `b64decode(url[start:])` would copy the whole payload
+# twice first (the slice, then its ASCII bytes).
+_BASE64_SLICE = 1024 * 1024
+
+
+def _decode_base64(text: str, start: int) -> bytes:
+    if len(text) - start <= _BASE64_SLICE:
+        return binascii.a2b_base64(text[start:], strict_mode=True)
+    pieces = bytearray()
+    end = len(text)
+    for offset in range(start, end, _BASE64_SLICE):
+        stop = min(offset + _BASE64_SLICE, end)
+        if stop < end and "=" in text[stop - 2 : stop]:
+            raise ValueError("padding inside base64 data")
+        pieces += binascii.a2b_base64(text[offset:stop], strict_mode=True)
+    # One copy more, for one image at a time (this runs on the event loop, not in parallel).
+    return bytes(pieces)
 
 
 def decode_image(data: bytes, limits: ImageLimits, *, param: str | None) -> Image.Image:
@@ -109,7 +128,9 @@ def decode_image(data: bytes, limits: ImageLimits, *, param: str | None) -> Imag
             opened = Image.open(io.BytesIO(data))
             _check_header(opened, limits, param)
             opened.load()
-            image = ImageOps.exif_transpose(opened)
+            # In place: otherwise it returns a copy of the pixels even when upright.
+            ImageOps.exif_transpose(opened, in_place=True)
+            image = opened
     except Image.DecompressionBombError as exc:
         # PIL's own guard fires in open() for sizes far past ours.
         raise InvalidImage(f"image has more than {limits.max_pixels} pixels", param=param) from exc

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 from app.api import chat, embeddings, health, models
 from app.api.admission import Admission, AdmissionMiddleware
 from app.api.auth import ClientAuthMiddleware, load_client_keys
-from app.api.body_limit import BodyLimitMiddleware
+from app.api.body_limit import BodyBudget, BodyLimitMiddleware
 from app.api.deps import AppState
 from app.api.observe import RequestObserver
 from app.api.responses import error_response
@@ -93,7 +93,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(health.router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        budget=BodyBudget(settings.max_inflight_body_bytes),
+    )
     # Reliability and auth (outermost last): auth, then shedding/draining, then body limit.
     # `app.state.admission` exists before the lifespan runs: the CLI's SIGTERM handler and
     # /readyz read its draining flag.

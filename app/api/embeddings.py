@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from app.api.deps import state_of
-from app.api.request_body import parse_json
+from app.api.request_body import parse_json, read_body
 from app.errors import InvalidRequest
 from app.protocol import EmbeddingRequest, validation_param
 
@@ -17,7 +17,7 @@ router = APIRouter()
 
 @router.post("/v1/embeddings", response_model=None)
 async def embeddings(request: Request) -> Response:
-    raw = parse_json(await request.body())
+    raw = parse_json(await read_body(request))
     if not isinstance(raw, dict):
         raise InvalidRequest("the request body must be a JSON object")
     try:
