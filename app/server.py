@@ -173,7 +173,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         reason = http.HTTPStatus(status).phrase
         self.transport.write(
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode("ascii") + body
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode("ascii")
+            + body
         )
         self.transport.close()
         self.parser = None  # type: ignore[assignment]  # what it held is freed at once

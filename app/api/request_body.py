@@ -157,8 +157,7 @@ class _StrictMultiPartParser(MultiPartParser):
                 bytes(part.data).decode(self._charset or "utf-8")
             except (UnicodeDecodeError, LookupError) as exc:
                 raise InvalidRequest(
-                    f"form field {part.field_name!r} is not valid {self._charset or 'utf-8'} "
-                    "text",
+                    f"form field {part.field_name!r} is not valid {self._charset or 'utf-8'} text",
                     param=part.field_name,
                 ) from exc
         super().on_part_end()

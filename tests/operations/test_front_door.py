@@ -269,9 +269,11 @@ def test_memory_budget_bounds_peak_rss(serve: Any, send: Any) -> None:
         responses = list(pool.map(lambda image: send(served.url, image), images))
     growth = served.status("VmHWM") - rss_before
     codes = sorted(response.status_code for response in responses)
-    print(f"budget {budget / MiB:.0f} MiB, {CLIENTS} clients: {codes.count(200)} x 200, "
-          f"{codes.count(503)} x 503, peak growth "
-          f"{growth / MiB:.1f} MiB")
+    print(
+        f"budget {budget / MiB:.0f} MiB, {CLIENTS} clients: {codes.count(200)} x 200, "
+        f"{codes.count(503)} x 503, peak growth "
+        f"{growth / MiB:.1f} MiB"
+    )
     assert set(codes) <= {200, 503}, codes
     assert codes.count(200) >= 8  # the budget lets them through in turn
     for response in responses:
