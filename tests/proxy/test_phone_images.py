@@ -77,9 +77,9 @@ def test_mpo_heic_and_avif_get_the_vector_of_the_same_photo(
 def test_curl_uploads_a_heic(proxy: ProxyServer, upstream: FakeUpstream, tmp_path: Path) -> None:
     path = tmp_path / "IMG_0001.HEIC"
     path.write_bytes(heic_bytes(photo()))
+    form = ["-F", "prompt=what is this?", "-F", f"image=@{path};type=image/heic"]
     result = subprocess.run(
-        ["curl", "-sS", "--fail-with-body", "-F", "prompt=what is this?", "-F"]
-        + [f"image=@{path};type=image/heic", proxy.url + "/v1/chat/completions"],
+        ["curl", "-sS", "--fail-with-body", *form, proxy.url + "/v1/chat/completions"],
         capture_output=True,
         text=True,
         timeout=60,
