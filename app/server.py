@@ -160,6 +160,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self._in_head or self.transport.is_closing():
             return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # a response is under way: close after it instead
+            return
         if self._bytes_seen:
             self._refuse(408, f"the request head did not arrive within {self.head_timeout_s:g} s")
         else:
@@ -167,6 +170,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, message: str) -> None:
         if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head went wrong while an earlier response is still being sent:
+            # an answer now would land inside that response. Only the connection ends.
+            self.transport.close()
             return
         code = "header_too_large" if status == 431 else "header_timeout"
         body = orjson.dumps(error_body(message, "invalid_request_error", None, code))
