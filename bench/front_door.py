@@ -199,17 +199,22 @@ def variant_of(jpeg: bytes, index: int) -> bytes:
     return jpeg[:2] + segment + jpeg[2:]
 
 
-def send(port: int, kind: str, image: bytes) -> int:
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+def request_of(kind: str, image: bytes) -> dict[str, Any]:
+    """httpx keyword arguments for one request, built ahead so that the burst's clients
+    only send (building a 27 MB JSON body in each thread would hold the GIL and stagger
+    them)."""
     if kind == "upload":
         files = {"image": ("photo.jpg", image, "image/jpeg")}
-        reply = httpx.post(url, data={"prompt": "what?"}, files=files, timeout=600)
-    else:
-        data_url = "data:image/jpeg;base64," + base64.b64encode(image).decode()
-        part = {"type": "image_url", "image_url": {"url": data_url}}
-        body = {"messages": [{"role": "user", "content": [part]}]}
-        reply = httpx.post(url, json=body, timeout=600)
-    return reply.status_code
+        return {"data": {"prompt": "what?"}, "files": files}
+    data_url = "data:image/jpeg;base64," + base64.b64encode(image).decode()
+    part = {"type": "image_url", "image_url": {"url": data_url}}
+    body = json.dumps({"messages": [{"role": "user", "content": [part]}]}).encode()
+    return {"content": body, "headers": {"content-type": "application/json"}}
+
+
+def send(port: int, request: dict[str, Any]) -> int:
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    return httpx.post(url, timeout=600, **request).status_code
 
 
 def proc_status(pid: int, field: str) -> int:
@@ -249,14 +254,17 @@ def memory_cell(
         )
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", 120, process)
+        warm = [request_of(kind, variant_of(jpeg, 10_000 + i)) for i in range(4)]
         with ThreadPoolExecutor(4) as pool:  # every preprocess thread and arena warm
-            list(pool.map(lambda i: send(port, kind, variant_of(jpeg, 10_000 + i)), range(4)))
+            list(pool.map(lambda request: send(port, request), warm))
+        del warm
+        burst = [request_of(kind, variant_of(jpeg, i)) for i in range(clients)]
         rss_before = proc_status(process.pid, "VmRSS")
         Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
         cpu_before = cpu_seconds(process.pid)
         started = time.monotonic()
         with ThreadPoolExecutor(clients) as pool:
-            codes = list(pool.map(lambda i: send(port, kind, variant_of(jpeg, i)), range(clients)))
+            codes = list(pool.map(lambda request: send(port, request), burst))
         wall_s = time.monotonic() - started
         growth = proc_status(process.pid, "VmHWM") - rss_before
         cpu_s = cpu_seconds(process.pid) - cpu_before
