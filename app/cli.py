@@ -43,7 +43,7 @@ def _serve(host: str, port: int) -> int:
     from app.config import Settings
     from app.logging_setup import configure_logging
     from app.main import create_app
-    from app.server import DrainingServer, server_config
+    from app.server import DrainingServer, return_large_buffers_to_the_os, server_config
 
     try:
         settings = Settings()
@@ -51,6 +51,7 @@ def _serve(host: str, port: int) -> int:
         print(f"clip-proxy: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, secrets=_secrets(settings))
+    return_large_buffers_to_the_os()
     # One worker per process: the encoder owns the GPU; scale with replicas, not workers.
     # (An app object, not an import string, so uvicorn cannot be asked to fork workers.)
     app = create_app(settings)

@@ -16,8 +16,10 @@ Its connections speak `BoundedHttpToolsProtocol`: request heads bounded in size 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import http
 import logging
+import os
 import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,31 @@ if TYPE_CHECKING:
     from app.config import Settings
 
 logger = logging.getLogger(__name__)
+
+
+# glibc's mallopt parameter for the size from which allocations get their own mapping.
+_M_MMAP_THRESHOLD = -3
+LARGE_BUFFER_BYTES = 1024 * 1024
+
+
+def return_large_buffers_to_the_os() -> None:
+    """Give every allocation of 1 MiB or more its own mapping, returned to the system when
+    freed.
+
+    glibc raises this threshold by itself (up to 32 MiB) each time a large buffer is freed,
+    after which the next 20 MB image bodies and pixel buffers come from the heap, where
+    freed memory stays in the process and fragments. Fixed at 1 MiB, peak RSS under 32
+    concurrent ~20 MB images fell from 1.60x to 1.40x the body bytes in flight for data
+    URLs and from 1.46x to 1.16x for uploads (bench/front_door.py memory). A
+    MALLOC_MMAP_THRESHOLD_ in the environment wins; other C libraries are left alone.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES)
 
 
 class DrainingServer(uvicorn.Server):

@@ -72,8 +72,9 @@ def machine() -> dict[str, Any]:
 def serve(http: str, port: int) -> None:
     from app.config import Settings
     from app.main import create_app
-    from app.server import DrainingServer, server_config
+    from app.server import DrainingServer, return_large_buffers_to_the_os, server_config
 
+    return_large_buffers_to_the_os()  # as `clip-proxy serve` does
     settings = Settings()
     app = create_app(settings)
     choice = None if http == "bounded" else http
