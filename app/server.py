@@ -106,7 +106,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     closed. A connection holds at most `max_head_bytes` plus one socket read of head.
 
     Chosen by measurement over uvicorn's h11 protocol, which bounds heads too, but costs
-    more CPU per relayed chunk (bench/front_door.py, bench/results/front_door.md). Build one
+    more CPU per relayed chunk (bench/front_door.py, bench/results/front_door_relay.md). Build one
     with `bounded_protocol(max_head_bytes, head_timeout_s)`.
     """
 
@@ -117,6 +117,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True  # the bytes arriving now belong to a request head
         self._head_bytes = 0  # bytes fed to the parser since that head began
+        self._head_size = 0  # the complete head's size, counted from the parser's callbacks
         self._head_too_large = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._bytes_seen = False
