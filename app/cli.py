@@ -68,12 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(host: str, port: int, *, echo: bool = False) -> int:
-    import uvicorn
-
     from app.config import ECHO_UPSTREAM, Settings
     from app.logging_setup import configure_logging
     from app.main import create_app
-    from app.server import DrainingServer
+    from app.server import DrainingServer, return_large_buffers_to_the_os, server_config
 
     try:
         settings = Settings(upstream_base_url=ECHO_UPSTREAM) if echo else Settings()
@@ -90,19 +88,11 @@ def _serve(host: str, port: int, *, echo: bool = False) -> int:
             host,
             extra={"host": host},
         )
+    return_large_buffers_to_the_os()
     # One worker per process: the encoder owns the GPU; scale with replicas, not workers.
     # (An app object, not an import string, so uvicorn cannot be asked to fork workers.)
-    # log_config=None keeps the JSON logging above; the proxy logs each request itself.
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-    )
+    config = server_config(app, settings, host=host, port=port)
     server = DrainingServer(
         config,
         app.state.admission,

@@ -146,6 +146,20 @@ class Settings(BaseSettings):
     # With ENCODER_COMPILE on CUDA: one CUDA graph per batch bucket ("reduce-overhead").
     encoder_cuda_graphs: bool = False
 
+    # --- The front door (issue #13): what an unknown client may hold of this process ---
+    # A request head (request line and headers) longer than this gets 431 and is closed.
+    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * MiB)
+    # A connection that has not finished its head this many seconds after it opened (or
+    # after its previous request) is closed.
+    header_timeout_s: float = Field(10.0, gt=0)
+    # A body that has not fully arrived this many seconds after its head gets 408.
+    body_timeout_s: float = Field(60.0, gt=0)
+    # Bytes of request bodies being read or held, all requests together; past it a request
+    # waits briefly, then gets 503 + Retry-After. 0 = no budget.
+    max_inflight_body_bytes: int = Field(1024 * MiB, ge=0)
+    # /docs, /redoc and /openapi.json (behind a client key when API_KEYS is set).
+    docs: bool = True
+
     @field_validator("device", mode="before")
     @classmethod
     def _parse_device(cls, value: object) -> object:

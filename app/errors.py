@@ -10,6 +10,7 @@ The tree (status in brackets):
     │   └── ImageFetchFailed  [400] an allowed URL that could not be fetched as an image
     ├── NotFound              [404] a model the upstream does not list
     ├── PayloadTooLarge       [413] body or image over its byte limit
+    ├── RequestTimeout        [408] the body did not arrive within CLIP_PROXY_BODY_TIMEOUT_S
     ├── Unauthorized          [401] missing or wrong client key
     ├── Overloaded            [503] queue full, draining (carries Retry-After)
     │   └── EngineNotReady    [503] a model still loading, or one that failed to load
@@ -130,6 +131,18 @@ class PayloadTooLarge(ProxyError):
     status_code = 413
     error_type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class RequestTimeout(ProxyError):
+    """The client did not send its body in time; the connection is closed after the answer
+    (what is left of the body would otherwise be read as the next request)."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "body_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
 
 
 class Unauthorized(ProxyError):

@@ -16,7 +16,6 @@ of a phone photo (bench/results/frontend.md).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import contextlib
 import io
@@ -26,13 +25,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+import pillow_heif
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from app.errors import InvalidImage, PayloadTooLarge
 from app.safe_fetch import SafeFetcher
 
+# iPhones write HEIC; Pillow reads AVIF itself, HEIF through pillow-heif's opener, which
+# applies the container's rotation on decode (and resets the EXIF orientation to match).
+pillow_heif.register_heif_opener()
+
 # Formats a chat client sends; anything else (SVG, TIFF, PSD, ICO...) is refused by name.
-ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
+# MPO is a JPEG with more images behind an MPF index (phones write gain maps and depth maps
+# there): its first image is the photo.
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "GIF", "HEIF", "AVIF"})
+# Formats whose extra frames are not animation (see `_is_animated`).
+_STILL_WITH_FRAMES = frozenset({"MPO"})
 # The widest panorama or tallest strip accepted (see `_check_header`).
 MAX_ASPECT_RATIO = 100
 # EXIF orientations that turn the picture by 90 or 270 degrees (width and height swap).
@@ -91,14 +99,34 @@ def decode_data_url(url: str, max_bytes: int, *, param: str) -> bytes:
     mime = (match.group("mime") or "").lower()
     if mime and not mime.startswith("image/"):
         raise InvalidImage(f"data URL media type {mime!r} is not an image", param=param)
-    payload = url[match.end() :]
+    start = match.end()
     # Refuse oversized payloads before decoding them: base64 is 4 characters per 3 bytes.
-    if len(payload) * 3 // 4 > max_bytes + 3:
+    if (len(url) - start) * 3 // 4 > max_bytes + 3:
         raise PayloadTooLarge(f"image is larger than {max_bytes} bytes", param=param)
     try:
-        return base64.b64decode(payload, validate=True)
+        return _decode_base64(url, start)
     except (binascii.Error, ValueError) as exc:
         raise InvalidImage("the data URL is not valid base64", param=param) from exc
+
+
+# Decoded a slice at a time (a multiple of 4 characters), so that besides the URL and the
+# image only one slice is alive: `b64decode(url[start:])` would copy the whole payload
+# twice first (the slice, then its ASCII bytes).
+_BASE64_SLICE = 1024 * 1024
+
+
+def _decode_base64(text: str, start: int) -> bytes:
+    if len(text) - start <= _BASE64_SLICE:
+        return binascii.a2b_base64(text[start:], strict_mode=True)
+    pieces = bytearray()
+    end = len(text)
+    for offset in range(start, end, _BASE64_SLICE):
+        stop = min(offset + _BASE64_SLICE, end)
+        if stop < end and "=" in text[stop - 2 : stop]:
+            raise ValueError("padding inside base64 data")
+        pieces += binascii.a2b_base64(text[offset:stop], strict_mode=True)
+    # One copy more, for one image at a time (this runs on the event loop, not in parallel).
+    return bytes(pieces)
 
 
 @dataclass(frozen=True)
@@ -148,7 +176,7 @@ def _decode(
         opened = Image.open(io.BytesIO(data))
         _check_header(opened, limits, param)
         full_width, full_height = opened.size
-        if short_side > 0 and opened.format == "JPEG":
+        if short_side > 0 and opened.format in ("JPEG", "MPO"):  # MPO: a JPEG, first frame
             # Keeps the mode; picks the smallest of 1/8..1/1 with both sides >= short_side.
             opened.draft(None, (short_side, short_side))
         decoded_size = opened.size
@@ -188,7 +216,8 @@ def _image_errors(limits: ImageLimits, param: str | None) -> Iterator[None]:
 def _check_header(image: Image.Image, limits: ImageLimits, param: str | None) -> None:
     if image.format not in ALLOWED_FORMATS:
         raise InvalidImage(
-            f"image format {image.format} is not supported; send PNG, JPEG, WEBP or GIF",
+            f"image format {image.format} is not supported; "
+            "send PNG, JPEG, WEBP, GIF, HEIC or AVIF",
             param=param,
         )
     width, height = image.size
@@ -206,7 +235,7 @@ def _check_header(image: Image.Image, limits: ImageLimits, param: str | None) ->
             "are not supported",
             param=param,
         )
-    if getattr(image, "is_animated", False):
+    if getattr(image, "is_animated", False) and image.format not in _STILL_WITH_FRAMES:
         raise InvalidImage("animated images are not supported; send one frame", param=param)
 
 

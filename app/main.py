@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from app.api import chat, embeddings, health, models
 from app.api.admission import Admission, AdmissionMiddleware
 from app.api.auth import ClientAuthMiddleware, key_digests
-from app.api.body_limit import BodyLimitMiddleware
+from app.api.body_limit import BodyBudget, BodyLimitMiddleware
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.json_response import JsonResponse
@@ -98,11 +98,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if echo is not None:
                 await asyncio.to_thread(echo.stop)
 
+    docs = settings.docs
     app = FastAPI(
         title="clip-proxy",
         version="0.1.0",
         lifespan=lifespan,
         default_response_class=JsonResponse,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.include_router(chat.router)
     app.include_router(embeddings.router)
@@ -115,7 +119,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             prompt_format=settings.prompt_format.value,
         )
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        budget=BodyBudget(settings.max_inflight_body_bytes),
+    )
     # Reliability and auth (outermost last): auth, then shedding/draining, then body limit.
     app.state.admission = admission  # for `clip-proxy serve`'s DrainingServer
     app.add_middleware(AdmissionMiddleware, admission=admission)

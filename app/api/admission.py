@@ -6,6 +6,11 @@ and disconnects still reach the route. Past `max_in_flight`, or once draining ha
 client (or load balancer) retries elsewhere instead of queueing behind work that cannot
 finish in time. Health and metrics are never shed.
 
+A request takes its working slot only once its body has fully arrived (the check is made
+again then): a client trickling its body holds no slot, so any number of slow clients
+cannot make a normal request wait or fail. The body's time is bounded by
+`BodyLimitMiddleware` (CLIP_PROXY_BODY_TIMEOUT_S), its memory by the body budget.
+
     admission = Admission(max_in_flight=256, on_refused=lambda reason: counter.inc())
     app.add_middleware(AdmissionMiddleware, admission=admission)
     admission.begin_draining()       # on SIGTERM: /readyz 503, new requests 503
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response
 from app.errors import Overloaded
@@ -69,11 +74,42 @@ class AdmissionMiddleware:
             return
         refusal = self.admission.refusal()
         if refusal is not None:
-            self.admission.on_refused(refusal.code or "overloaded")
+            self._refused(refusal)
             await error_response(refusal)(scope, receive, send)
             return
-        self.admission.in_flight += 1
+        admitted = False
+
+        def admit() -> None:
+            nonlocal admitted
+            refusal = self.admission.refusal()
+            if refusal is not None:
+                self._refused(refusal)
+                raise refusal  # inside the route's body read: the app's handler answers it
+            self.admission.in_flight += 1
+            admitted = True
+
+        async def receive_then_admit() -> Message:
+            message = await receive()
+            if not admitted and not (
+                message["type"] == "http.request" and message.get("more_body", False)
+            ):
+                admit()  # the whole body is here (or the client left): now it works
+            return message
+
+        if not has_body(scope):
+            admit()  # checked just above: it cannot raise here
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive_then_admit, send)
         finally:
-            self.admission.in_flight -= 1
+            if admitted:
+                self.admission.in_flight -= 1
+
+    def _refused(self, refusal: Overloaded) -> None:
+        self.admission.on_refused(refusal.code or "overloaded")
+
+
+def has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False

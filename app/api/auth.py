@@ -3,8 +3,9 @@
 Pure ASGI, so streaming and disconnect detection pass through untouched. Keys are compared
 as SHA-256 digests with `hmac.compare_digest`, against every configured key without an
 early exit, so the time taken says nothing about how much of a key was right. Health
-endpoints stay open (load balancers call them without keys); `/metrics` is protected when
-`CLIP_PROXY_METRICS_REQUIRE_AUTH` is set. No key, good or bad, is ever logged.
+endpoints stay open (load balancers call them without keys); the API docs and schema
+(`/docs`, `/redoc`, `/openapi.json`) need a key as `/v1/*` does; `/metrics` is protected
+when `CLIP_PROXY_METRICS_REQUIRE_AUTH` is set. No key, good or bad, is ever logged.
 
     app.add_middleware(ClientAuthMiddleware, keys=key_digests(settings.client_keys))
 """
@@ -21,6 +22,8 @@ from app.api.errors import error_response
 from app.errors import Unauthorized
 
 PROTECTED_PREFIX = "/v1/"
+# The schema tells a stranger every route and field: it is for key holders too.
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 METRICS_PATH = "/metrics"
 
 
@@ -52,7 +55,11 @@ class ClientAuthMiddleware:
         self.protect_metrics = protect_metrics
 
     def _protects(self, path: str) -> bool:
-        return path.startswith(PROTECTED_PREFIX) or (self.protect_metrics and path == METRICS_PATH)
+        return (
+            path.startswith(PROTECTED_PREFIX)
+            or path in DOCS_PATHS
+            or (self.protect_metrics and path == METRICS_PATH)
+        )
 
     def _accepts(self, token: str | None) -> bool:
         presented = _digest(token or "")

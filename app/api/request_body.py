@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from app.errors import InvalidRequest, PayloadTooLarge, TooManyImages
@@ -37,7 +38,7 @@ Model = TypeVar("Model", bound=BaseModel)
 
 async def read_json_request(request: Request, model: type[Model]) -> Model:
     """A JSON body, parsed and validated; `InvalidRequest` naming the field otherwise."""
-    return validate_body(parse_json(await request.body()), model)
+    return validate_body(parse_json(await read_body(request)), model)
 
 
 async def read_chat_request(
@@ -49,8 +50,35 @@ async def read_chat_request(
             request, limits.max_images, limits.max_image_bytes, limits.max_body_bytes
         )
     else:
-        raw, uploads = parse_json(await request.body()), []
+        raw, uploads = parse_json(await read_body(request)), []
     return validate_body(raw, ChatCompletionRequest), uploads
+
+
+async def read_body(request: Request) -> bytearray:
+    """The whole body, in one buffer sized from Content-Length when it is given.
+
+    Not `request.body()`: that keeps the bytes on the request for as long as the route runs,
+    so a data URL would be held as raw body, as parsed string and as decoded image at once.
+    The caller parses this buffer and drops it.
+    """
+    declared = request.headers.get("content-length", "")
+    buffer = bytearray()
+    if declared.isdigit():
+        # One allocation of the right size instead of repeated doubling (which holds the
+        # old and the new copy at each step).
+        buffer = bytearray(int(declared))
+        filled = 0
+        async for chunk in request.stream():
+            end = filled + len(chunk)
+            if end > len(buffer):
+                buffer.extend(b"\0" * (end - len(buffer)))  # a lying Content-Length
+            buffer[filled:end] = chunk
+            filled = end
+        del buffer[filled:]
+        return buffer
+    async for chunk in request.stream():
+        buffer += chunk
+    return buffer
 
 
 # Deeper than any chat request needs, and well under orjson's limit (255) for writing the
@@ -58,7 +86,7 @@ async def read_chat_request(
 MAX_JSON_DEPTH = 64
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes | bytearray) -> Any:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -100,9 +128,7 @@ async def _read_multipart(
     request: Request, max_images: int, max_image_bytes: int, max_body_bytes: int
 ) -> tuple[dict[str, Any], list[ImageSource]]:
     try:
-        form = await request.form(
-            max_files=max_images + 1, max_fields=256, max_part_size=max_body_bytes
-        )
+        form = await _parse_form(request, max_images + 1, max_body_bytes)
     except MultiPartException as exc:
         if exc.message.startswith("Too many files"):
             raise TooManyImages(
@@ -136,6 +162,42 @@ async def _read_multipart(
     if raw["messages"] is None:
         raise InvalidRequest("a multipart request needs 'prompt' or 'messages'", param="messages")
     return raw, uploads
+
+
+class _StrictMultiPartParser(MultiPartParser):
+    """Starlette's parser, except that a field which is not valid text in its charset is
+    refused by name; Starlette decodes it as Latin-1 instead, which turns a client's
+    broken encoding into mojibake sent upstream."""
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                bytes(part.data).decode(self._charset or "utf-8")
+            except (UnicodeDecodeError, LookupError) as exc:
+                raise InvalidRequest(
+                    f"form field {part.field_name!r} is not valid {self._charset or 'utf-8'} text",
+                    param=part.field_name,
+                ) from exc
+        super().on_part_end()
+
+
+async def _parse_form(request: Request, max_files: int, max_part_size: int) -> FormData:
+    content_type, _ = parse_options_header(request.headers.get("content-type", ""))
+    parser: MultiPartParser | FormParser
+    if content_type == b"multipart/form-data":
+        parser = _StrictMultiPartParser(
+            request.headers,
+            request.stream(),
+            max_files=max_files,
+            max_fields=256,
+            max_part_size=max_part_size,
+        )
+    else:
+        parser = FormParser(
+            request.headers, request.stream(), max_fields=256, max_part_size=max_part_size
+        )
+    return await parser.parse()
 
 
 def _form_value(name: str, value: str) -> Any:

@@ -18,6 +18,12 @@ from tests.helpers import DATA
 LIMITS = ImageLimits(max_bytes=20 * 1024 * 1024, max_pixels=40_000_000)
 
 
+def pixel(image: Image.Image, xy: tuple[int, int]) -> tuple[int, ...]:
+    value = image.getpixel(xy)
+    assert isinstance(value, tuple)
+    return value
+
+
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
@@ -123,3 +129,68 @@ def test_data_url_checks() -> None:
         decode_data_url("data:image/png,rawbytes", 1000, param="p")
     with pytest.raises(PayloadTooLarge):
         decode_data_url("data:image/png;base64," + "A" * 4000, 1000, param="p")
+
+
+# The images phones send (issue #13): MPO (a JPEG with more images behind an MPF index),
+# HEIC, AVIF; each decoded upright.
+
+
+def two_halves(size: tuple[int, int] = (64, 48)) -> Image.Image:
+    """Left half blue, right half red: which side ends on top tells the rotation applied."""
+    image = Image.new("RGB", size, (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, size[0] // 2, size[1]))
+    return image
+
+
+def rotated_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view: the left half ends on top
+    return exif.tobytes()
+
+
+def test_mpo_decodes_its_primary_image() -> None:
+    primary = two_halves()
+    gain_map = Image.new("RGB", (32, 24), (0, 255, 0))
+    data = encode(primary, "MPO", save_all=True, append_images=[gain_map])
+    assert b"MPF\0" in data[:4096]  # an MPF index in APP2, as phones write it
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.format == "MPO" and getattr(opened, "n_frames", 1) == 2
+    decoded = decode_image(data, LIMITS, param="p")
+    assert decoded.size == (64, 48)
+    assert pixel(decoded, (5, 5))[2] > 200 and pixel(decoded, (60, 5))[0] > 200
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF", "MPO"])
+def test_phone_formats_decode_upright(fmt: str) -> None:
+    import pillow_heif  # noqa: F401  (app.ingest registered its opener; the test writes HEIC)
+
+    options: dict[str, object] = {"exif": rotated_exif()}
+    if fmt == "MPO":
+        options |= {"save_all": True, "append_images": [Image.new("RGB", (8, 8))]}
+    decoded = decode_image(encode(two_halves(), fmt, **options), LIMITS, param="p")
+    assert decoded.mode == "RGB"
+    assert decoded.size == (48, 64)
+    top, bottom = pixel(decoded, (24, 5)), pixel(decoded, (24, 58))
+    assert top[2] > 200 and top[0] < 60, top  # blue (the left half) is on top
+    assert bottom[0] > 200 and bottom[2] < 60, bottom
+
+
+def test_heic_written_by_pillow_heif() -> None:
+    import pillow_heif
+
+    pixels = np.asarray(two_halves((80, 60)))
+    heif = pillow_heif.from_bytes(mode="RGB", size=(80, 60), data=pixels.tobytes())
+    buffer = io.BytesIO()
+    heif.save(buffer, quality=90)
+    assert buffer.getvalue()[4:12] == b"ftypheic"
+    decoded = decode_image(buffer.getvalue(), LIMITS, param="p")
+    assert decoded.size == (80, 60)
+    assert pixel(decoded, (10, 30))[2] > 200 and pixel(decoded, (70, 30))[0] > 200
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF", "GIF", "WEBP", "PNG"])
+def test_animations_stay_refused(fmt: str) -> None:
+    frames = [Image.new("RGB", (32, 32), color) for color in ((255, 0, 0), (0, 0, 255))]
+    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100)
+    with pytest.raises(InvalidImage, match="animated"):
+        decode_image(data, LIMITS, param="p")
