@@ -44,12 +44,13 @@ from app.image_pipeline import ImagePipeline
 from app.ingest import ImageLimits
 from app.labels import Labeler, label_prompts, read_vocabulary
 from app.metrics import Metrics
-from app.rate_limit import RateLimiter
 from app.request_context import note_error
 from app.safe_fetch import FetchPolicy, SafeFetcher
 from app.service import ChatOptions, ChatService
 from app.text_pipeline import TextPipeline
-from app.upstream import RetryPolicy, UpstreamClient
+from app.upstream.client import RetryPolicy, UpstreamClient
+from app.upstream.rate_limit import RateLimiter
+from app.upstream.session import TlsOptions
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,13 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
         read_timeout_s=settings.upstream_read_timeout_s,
         max_connections=settings.upstream_max_connections,
         keepalive_expiry_s=settings.upstream_keepalive_expiry_s,
+        max_body_bytes=settings.upstream_max_body_bytes,
+        tls=TlsOptions(
+            ca_file=settings.upstream_ca_file,
+            client_cert=settings.upstream_client_cert,
+            client_key=settings.upstream_client_key,
+        ),
+        proxy=settings.upstream_proxy,
         retry=RetryPolicy(
             settings.upstream_max_retries,
             settings.upstream_retry_base_s,

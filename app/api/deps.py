@@ -14,7 +14,7 @@ from app.metrics import Metrics
 from app.safe_fetch import SafeFetcher
 from app.service import ChatService
 from app.text_pipeline import TextPipeline
-from app.upstream import UpstreamClient
+from app.upstream.client import UpstreamClient
 
 
 @dataclass
