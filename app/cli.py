@@ -50,7 +50,7 @@ def _serve(host: str, port: int) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"clip-proxy: invalid configuration:\n{exc}", file=sys.stderr)
+        print(f"clip-proxy: invalid configuration:\n{describe_invalid(exc)}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, secrets=_secrets(settings))
     # One worker per process: the encoder owns the GPU; scale with replicas, not workers.
@@ -71,15 +71,34 @@ def _serve(host: str, port: int) -> int:
     return 0
 
 
+def describe_invalid(exc: ValidationError) -> str:
+    """Each refused setting and why, never its value: pydantic's own text quotes the input,
+    and a CACHE_URL or proxy URL may carry a password."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in error["loc"])
+        name = f"CLIP_PROXY_{where.upper()}" if where else "settings"
+        lines.append(f"  {name}: {error['msg']}")
+    return "\n".join(lines)
+
+
 def _secrets(settings: Settings) -> list[str]:
-    """Values masked in every log line, whatever logged them: the upstream key and every
-    client key, those of API_KEYS_FILE included."""
+    """Values masked in every log line, whatever logged them: the upstream key, every
+    client key (those of API_KEYS_FILE included), and the passwords in CACHE_URL and the
+    proxy URLs."""
+    from urllib.parse import urlsplit
+
     from app.api.auth import client_keys
 
     upstream = settings.upstream_api_key.get_secret_value()
-    return [
-        key for key in [upstream, *client_keys(settings.api_keys, settings.api_keys_file)] if key
-    ]
+    passwords = []
+    for url in (settings.cache_url, settings.upstream_proxy, settings.fetch_proxy):
+        try:
+            passwords.append(urlsplit(url).password or "")
+        except ValueError:
+            continue
+    keys = [upstream, *client_keys(settings.api_keys, settings.api_keys_file), *passwords]
+    return [key for key in keys if key]
 
 
 def _make_test_model(directory: Path, projection_dim: int, vit_l14: bool) -> int:

@@ -133,6 +133,7 @@ def build_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
             max_redirects=settings.fetch_max_redirects,
             allow_hosts=frozenset(settings.fetch_allow_hosts),
             allow_networks=tuple(settings.fetch_allow_networks),
+            proxy=settings.fetch_proxy,
         )
     )
     cache = EmbeddingCache(
