@@ -123,8 +123,8 @@ class UpstreamClient:
         self._keepalive_expiry_s = keepalive_expiry_s
         self._max_body_bytes = max_body_bytes
         # Built now, so a bad CA file, certificate or proxy stops the start, not a request.
-        self._tls = tls or TlsOptions()
-        ssl_context(self._tls)
+        # (Loading a CA bundle takes some 20 ms of CPU: once, here, not in a request.)
+        self._ssl_context = ssl_context(tls or TlsOptions())
         self.proxy: EgressProxy | None = egress_proxy(self._base_url, proxy)
         # Requests in flight, at most one per connection: past that a request waits up to
         # the connect timeout for a slot, then is refused as local overload (503).
@@ -140,7 +140,7 @@ class UpstreamClient:
                 keepalive_expiry_s=self._keepalive_expiry_s,
                 connect_timeout_s=self._connect_timeout_s,
                 read_timeout_s=self._read_timeout_s,
-                tls=self._tls,
+                ssl_context=self._ssl_context,
                 headers=self._headers,
             )
         return self._session

@@ -7,7 +7,7 @@ Content-Length, close-delimited) checked, a connection reused only after its las
 was read to its end, egress proxies (CONNECT for https), TLS verification, gzip decoded in
 bounded pieces.
 
-    session = build_session(max_connections=256, keepalive_expiry_s=30, ...)
+    session = build_session(ssl_context=ssl_context(TlsOptions()), max_connections=256, ...)
     proxy = egress_proxy("https://api.example.com/v1", override="")   # from the environment
     error = translate(exc)                      # aiohttp's exception -> our ProxyError
 """
@@ -121,7 +121,7 @@ def build_session(
     keepalive_expiry_s: float,
     connect_timeout_s: float,
     read_timeout_s: float,
-    tls: TlsOptions,
+    ssl_context: ssl.SSLContext,
     headers: dict[str, str],
 ) -> aiohttp.ClientSession:
     """The one pooled client toward the upstream. Must be called inside the event loop."""
@@ -129,7 +129,7 @@ def build_session(
         limit=max_connections,
         limit_per_host=0,
         keepalive_timeout=keepalive_expiry_s,
-        ssl=ssl_context(tls),
+        ssl=ssl_context,
     )
     # Which attempt reused a pooled connection: a drop before any response byte on one of
     # those is a connection the upstream closed while it idled (see `is_stale`).
@@ -210,7 +210,7 @@ def tls_problem(exc: BaseException) -> str:
         message = getattr(cert_error, "verify_message", None)
         reason = getattr(cert_error, "reason", None)
         if message:
-            return f"{reason or 'certificate verify failed'}: {message}".lower()
+            return f"certificate verify failed: {message}"
         return str(cert_error)
     seen: BaseException | None = exc
     while seen is not None:
@@ -240,7 +240,12 @@ def translate(exc: BaseException, *, in_stream: bool = False) -> ProxyError:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamUnreachable("cannot reach the upstream")
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return UpstreamUnreachable("the upstream closed the connection before it answered")
+        # With TLS 1.3 a server that refuses our client certificate (or wants one) says so
+        # after the handshake, and asyncio reports its alert as a plain close: say so.
+        return UpstreamUnreachable(
+            "the upstream closed the connection before it answered (an https upstream that "
+            "requires a client certificate, CLIP_PROXY_UPSTREAM_CLIENT_CERT, does this)"
+        )
     if isinstance(exc, aiohttp.ClientResponseError):
         return UpstreamBadResponse("the upstream's answer is not valid HTTP")
     return UpstreamUnreachable("cannot reach the upstream")
