@@ -67,9 +67,7 @@ class EgressProxy:
                 path = (url.path or "/") + (f"?{url.query}" if url.query else "")
                 rest = head.split(b"\r\n", 1)[1]
                 upstream_writer.write(f"{method} {path} {version}\r\n".encode() + rest)
-            await asyncio.gather(
-                _pipe(reader, upstream_writer), _pipe(upstream_reader, writer)
-            )
+            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass
         finally:

@@ -184,9 +184,11 @@ def is_retryable(exc: BaseException) -> bool:
 
 def is_stale(exc: BaseException, attempt: Attempt) -> bool:
     """A pooled connection the upstream had closed: it failed before any response byte."""
-    return attempt.reused and isinstance(
-        exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
-    ) and not is_tls_failure(exc)
+    return (
+        attempt.reused
+        and isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+        and not is_tls_failure(exc)
+    )
 
 
 def is_tls_failure(exc: BaseException) -> bool:
@@ -208,7 +210,6 @@ def tls_problem(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         cert_error = exc.certificate_error
         message = getattr(cert_error, "verify_message", None)
-        reason = getattr(cert_error, "reason", None)
         if message:
             return f"certificate verify failed: {message}"
         return str(cert_error)

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.egress_proxy import EgressProxy
 from tests.helpers import DRY_RUN, ProxyServer, free_port, image_message, metric_value
@@ -28,7 +29,7 @@ from tests.proxy.test_fetch import Handler, ImageHost
 from tests.tls_certs import Pki, make_pki
 from tests.upstream_server import FakeUpstream, Reply, Wire
 
-HELLO = [{"role": "user", "content": "hello"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 CHAT = "/v1/chat/completions"
 KEY = "sk-upstream-secret"  # what proxy_settings gives every test proxy
 SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"  # close-delimited
@@ -77,7 +78,8 @@ def sdk(proxy: ProxyServer) -> openai.OpenAI:
 
 
 def streamed_text(proxy: ProxyServer) -> str:
-    stream = sdk(proxy).chat.completions.create(model="deepseek-r1", messages=HELLO, stream=True)  # type: ignore[arg-type]
+    client = sdk(proxy)
+    stream = client.chat.completions.create(model="deepseek-r1", messages=HELLO, stream=True)
     return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
 
 
@@ -102,7 +104,10 @@ def test_a_private_ca_is_refused_without_its_file_and_the_problem_is_named(
     assert "issuer" in str(error["message"])  # unable to get local issuer certificate
     assert tls_upstream.requests == []
     # Never retried: the certificate would fail the same way again.
-    assert metric_value(proxy.url, "clip_proxy_upstream_retries_total", reason="upstream_tls_error") == 0
+    assert (
+        metric_value(proxy.url, "clip_proxy_upstream_retries_total", reason="upstream_tls_error")
+        == 0
+    )
 
 
 def test_a_private_ca_works_with_upstream_ca_file(
@@ -280,7 +285,9 @@ def test_a_cut_close_delimited_stream_ends_with_a_truncation_event(
 def test_html_to_a_stream_request_is_a_bad_response(
     proxy: ProxyServer, upstream: FakeUpstream
 ) -> None:
-    upstream.script(Reply(raw_body=b"<html>down for maintenance</html>", headers={"content-type": "text/html"}))
+    upstream.script(
+        Reply(raw_body=b"<html>down for maintenance</html>", headers={"content-type": "text/html"})
+    )
     error = error_of(chat(proxy, stream=True), 502)
     assert error["code"] == "upstream_bad_response"
     assert "text/html" in str(error["message"])
@@ -378,11 +385,14 @@ def test_a_stale_pooled_connection_is_retried_at_once(
         assert chat(proxy).status_code == 200
         latencies.append(time.perf_counter() - started)
     assert statistics.median(latencies) < 0.05, latencies
-    retries = metric_value(proxy.url, "clip_proxy_upstream_retries_total", reason="stale_connection")
+    retries = metric_value(
+        proxy.url, "clip_proxy_upstream_retries_total", reason="stale_connection"
+    )
     assert retries == 7
-    assert metric_value(
-        proxy.url, "clip_proxy_upstream_retries_total", reason="upstream_unreachable"
-    ) == 0
+    assert (
+        metric_value(proxy.url, "clip_proxy_upstream_retries_total", reason="upstream_unreachable")
+        == 0
+    )
 
 
 def test_the_readme_documents_the_upstream_edge() -> None:

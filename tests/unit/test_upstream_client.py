@@ -59,7 +59,7 @@ def events_of(body: bytes) -> list[str]:
 
 def error_code(body: bytes) -> str | None:
     last = events_of(body)[-1]
-    return json.loads(last)["error"]["code"] if last.startswith("{\"error\"") else None
+    return json.loads(last)["error"]["code"] if last.startswith('{"error"') else None
 
 
 async def test_stream_arrives_whole_and_connection_is_reused(upstream: FakeUpstream) -> None:
@@ -214,7 +214,9 @@ async def test_gzip_bomb_is_capped(upstream: FakeUpstream) -> None:
 
 
 async def test_gzip_is_decoded(upstream: FakeUpstream) -> None:
-    upstream.script(Reply(raw_body=gzip.compress(b'{"ok": 1}'), headers={"content-encoding": "gzip"}))
+    upstream.script(
+        Reply(raw_body=gzip.compress(b'{"ok": 1}'), headers={"content-encoding": "gzip"})
+    )
     http = client(upstream.base_url)
     try:
         response = await http.open("POST", "/chat/completions", body=JSON_BODY)
