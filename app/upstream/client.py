@@ -139,7 +139,6 @@ class UpstreamClient:
                 max_connections=self._max_connections,
                 keepalive_expiry_s=self._keepalive_expiry_s,
                 connect_timeout_s=self._connect_timeout_s,
-                read_timeout_s=self._read_timeout_s,
                 ssl_context=self._ssl_context,
                 headers=self._headers,
             )
@@ -208,15 +207,17 @@ class UpstreamClient:
         attempt = Attempt()
         proxy = self.proxy
         try:
-            raw = await session.request(
-                method,
-                url,
-                data=body,
-                headers=headers,
-                proxy=proxy.url if proxy is not None else None,
-                proxy_headers=proxy.headers if proxy is not None else None,
-                trace_request_ctx=attempt,
-            )
+            # The read timeout until the headers; past them, each body's SilenceWatch.
+            async with asyncio.timeout(self._read_timeout_s):
+                raw = await session.request(
+                    method,
+                    url,
+                    data=body,
+                    headers=headers,
+                    proxy=proxy.url if proxy is not None else None,
+                    proxy_headers=proxy.headers if proxy is not None else None,
+                    trace_request_ctx=attempt,
+                )
         except UPSTREAM_ERRORS as exc:
             self._slots.release()
             error = translate(exc)
@@ -232,7 +233,10 @@ class UpstreamClient:
             self._slots.release()
             raise
         response = UpstreamResponse(
-            raw, release_slot=self._slots.release, max_body_bytes=self._max_body_bytes
+            raw,
+            release_slot=self._slots.release,
+            max_body_bytes=self._max_body_bytes,
+            read_timeout_s=self._read_timeout_s,
         )
         if 200 <= raw.status < 300:
             return response, None, ""

@@ -17,8 +17,10 @@ and handed to the meter, never guessed from the bytes afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -47,10 +49,12 @@ class UpstreamResponse:
         *,
         release_slot: Callable[[], None],
         max_body_bytes: int,
+        read_timeout_s: float,
     ) -> None:
         self._raw = raw
         self._release_slot = release_slot
         self._max_body_bytes = max_body_bytes
+        self._silence = SilenceWatch(raw.content, read_timeout_s)
         self._meter: StreamMeter | None = None
         self._read_to_end = False
         self._closed = False
@@ -69,8 +73,15 @@ class UpstreamResponse:
         content = self._raw.content
         pieces: list[bytes] = []
         size = 0
+        silence = self._silence.start()
         try:
-            while chunk := await content.readany():
+            while True:
+                silence.waiting = True
+                chunk = await content.readany()
+                silence.waiting = False
+                if not chunk:
+                    break
+                silence.heard()
                 size += len(chunk)
                 if size > self._max_body_bytes:
                     raise UpstreamResponseTooLarge(
@@ -93,8 +104,15 @@ class UpstreamResponse:
         see = meter.see if meter is not None else None
         tail = b""
         error: ProxyError | None = None
+        silence = self._silence.start()
         try:
-            while chunk := await content.readany():
+            while True:
+                silence.waiting = True
+                chunk = await content.readany()
+                silence.waiting = False
+                if not chunk:
+                    break
+                silence.heard()
                 # The last bytes seen, for [DONE]: no copy of a chunk longer than that.
                 tail = chunk if len(chunk) >= _TAIL_BYTES else (tail + chunk)[-_TAIL_BYTES:]
                 if see is not None:
@@ -121,6 +139,7 @@ class UpstreamResponse:
         if self._closed:
             return
         self._closed = True
+        self._silence.stop()
         if self._meter is not None:
             self._meter.end(self.outcome or StreamOutcome.cancelled)
         if self._read_to_end:
@@ -128,3 +147,49 @@ class UpstreamResponse:
         else:
             self._raw.close()
         self._release_slot()
+
+
+class SilenceWatch:
+    """The read timeout on a body: the longest silence while the reader waits for bytes.
+
+    Without a timer per chunk: each chunk only notes the time; one timer, re-armed from
+    that note when it fires, ends the body with `SocketTimeoutError` once the reader has
+    waited `timeout_s` with nothing new. (aiohttp's own `sock_read` moves a timer on every
+    read from the socket, which measurably cost CPU per relayed chunk; bench/results/
+    upstream-aiohttp-run3/.)"""
+
+    def __init__(self, content: aiohttp.StreamReader, timeout_s: float) -> None:
+        self._content = content
+        self._timeout_s = timeout_s
+        self._timer: asyncio.TimerHandle | None = None
+        self._clock = time.monotonic
+        self.last_heard = 0.0
+        self.waiting = False
+
+    def start(self) -> SilenceWatch:
+        loop = asyncio.get_running_loop()
+        self._clock = loop.time
+        self.last_heard = loop.time()
+        self._timer = loop.call_at(self.last_heard + self._timeout_s, self._check)
+        return self
+
+    def heard(self) -> None:
+        self.last_heard = self._clock()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        now = self._clock()
+        due = self.last_heard + self._timeout_s
+        if self.waiting and now >= due:
+            self._timer = None
+            self._content.set_exception(
+                aiohttp.SocketTimeoutError("the upstream went silent for too long")
+            )
+            return
+        # Bytes came meanwhile, or the reader is busy handing a chunk on: look again later.
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(max(due, now + 0.05), self._check)

@@ -120,7 +120,6 @@ def build_session(
     max_connections: int,
     keepalive_expiry_s: float,
     connect_timeout_s: float,
-    read_timeout_s: float,
     ssl_context: ssl.SSLContext,
     headers: dict[str, str],
 ) -> aiohttp.ClientSession:
@@ -138,12 +137,11 @@ def build_session(
     return aiohttp.ClientSession(
         connector=connector,
         headers=headers,
-        # sock_read: the longest silence between two reads, a reasoning model thinking
-        # included; sock_connect: opening one connection (the TLS handshake included).
-        # No total: a stream lasts as long as the model writes.
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
-        ),
+        # sock_connect: opening one connection (the TLS handshake included). No total: a
+        # stream lasts as long as the model writes. No sock_read: it moves a timer on every
+        # read from the socket; the read timeout is the client's (headers) and the
+        # response's (body, app/upstream/response.py SilenceWatch), at no cost per chunk.
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s),
         trust_env=False,  # the proxy is resolved once, by `egress_proxy`
         trace_configs=[trace],
         # No cookies between users' requests, ever.
@@ -171,7 +169,7 @@ def is_retryable(exc: BaseException) -> bool:
     (an upstream that stalls would stall again, and the client has waited enough)."""
     if is_tls_failure(exc) or isinstance(exc, aiohttp.ClientHttpProxyError):
         return False
-    if isinstance(exc, aiohttp.SocketTimeoutError):
+    if isinstance(exc, aiohttp.SocketTimeoutError) or answer_began(exc):
         return False
     return isinstance(
         exc,
@@ -188,7 +186,14 @@ def is_stale(exc: BaseException, attempt: Attempt) -> bool:
         attempt.reused
         and isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
         and not is_tls_failure(exc)
+        and not answer_began(exc)
     )
+
+
+def answer_began(exc: BaseException) -> bool:
+    """The upstream had begun its answer (aiohttp hands over the part of the head it got):
+    the request reached it, so it is never sent again."""
+    return isinstance(exc, aiohttp.ServerDisconnectedError) and not isinstance(exc.message, str)
 
 
 def is_tls_failure(exc: BaseException) -> bool:
