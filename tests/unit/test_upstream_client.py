@@ -328,3 +328,17 @@ async def test_a_stale_pooled_connection_is_retried_at_once(
     assert retries == ["stale_connection"]
     assert elapsed < 0.5
     assert upstream.requests[2].connection != upstream.requests[1].connection
+
+
+async def test_an_answer_cut_inside_its_head_is_never_sent_again(upstream: FakeUpstream) -> None:
+    """The upstream had begun answering: the request reached it, so no retry."""
+    upstream.script(Reply(wire=Wire((b"HTTP/1.1 200 OK\r\ncontent-type: text/ev",), end="fin")))
+    retries: list[str] = []
+    http = client(upstream.base_url, on_retry=retries.append)
+    try:
+        with pytest.raises(UpstreamUnreachable):
+            await http.open("POST", "/chat/completions", body=STREAM_BODY, stream=True)
+    finally:
+        await http.aclose()
+    assert retries == []
+    assert len(upstream.requests) == 1
