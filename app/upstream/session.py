@@ -105,6 +105,8 @@ def egress_proxy(target: str, override: str) -> EgressProxy | None:
         return parse_proxy(override, name="CLIP_PROXY_UPSTREAM_PROXY")
     parts = urlsplit(target)
     proxies = urllib.request.getproxies_environment()
+    if "*" in (host.strip() for host in proxies.get("no", "").split(",")):
+        return None  # httpx reads `*` anywhere in the list as "no proxy at all"
     # proxy_bypass reads NO_PROXY (urllib's proxy_bypass_environment on Linux).
     if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
         return None
