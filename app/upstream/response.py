@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # across two reads still counts.
 _DONE = re.compile(rb"(?:^|\n)data: ?\[DONE\]\s*$")
 _TAIL_BYTES = 32
+_DONE_ENDS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data:[DONE]\n\n")
 
 
 class UpstreamResponse:
@@ -113,24 +114,38 @@ class UpstreamResponse:
                 if not chunk:
                     break
                 silence.heard()
-                # The last bytes seen, for [DONE]: no copy of a chunk longer than that.
-                tail = chunk if len(chunk) >= _TAIL_BYTES else (tail + chunk)[-_TAIL_BYTES:]
                 if see is not None:
                     see(chunk)
+                if self.outcome is None:
+                    # The last bytes seen, for [DONE]: no copy of a chunk longer than that.
+                    tail = chunk if len(chunk) >= _TAIL_BYTES else (tail + chunk)[-_TAIL_BYTES:]
+                    if chunk.endswith(_DONE_ENDS):
+                        # Complete now, before the client has the bytes: whatever follows
+                        # (the framing's end, or the client hanging up at once) changes
+                        # nothing for the answer.
+                        self._complete()
                 yield chunk
             self._read_to_end = True
-            error = None if _DONE.search(tail) else truncated()
+            if self.outcome is None and not _DONE.search(tail):
+                error = truncated()
         except UPSTREAM_ERRORS as exc:
-            error = translate(exc, in_stream=True)
-            error.__cause__ = exc
+            if self.outcome is None:
+                error = translate(exc, in_stream=True)
+                error.__cause__ = exc
         if error is None:
-            self.outcome = StreamOutcome.complete
+            self._complete()
         else:
             truncated_ = isinstance(error, UpstreamStreamTruncated)
             self.outcome = StreamOutcome.truncated if truncated_ else StreamOutcome.error
             logger.warning("upstream stream broke", extra={"error": error.message})
             yield error_sse_event(error)
         await self.aclose()
+
+    def _complete(self) -> None:
+        if self.outcome is None:
+            self.outcome = StreamOutcome.complete
+            if self._meter is not None:
+                self._meter.end(StreamOutcome.complete)
 
     async def aclose(self) -> None:
         """Release once: the connection back to the pool only when its response was read to
