@@ -76,7 +76,7 @@ def _serve(host: str, port: int, *, echo: bool = False) -> int:
     try:
         settings = Settings(upstream_base_url=ECHO_UPSTREAM) if echo else Settings()
     except ValidationError as exc:
-        print(f"clip-proxy: invalid configuration:\n{exc}", file=sys.stderr)
+        print(f"clip-proxy: invalid configuration:\n{describe_invalid(exc)}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, secrets=_secrets(settings))
     host = host.removeprefix("[").removesuffix("]")  # `[::1]`, as written in a URL
@@ -126,11 +126,33 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: whatever it resolves to, assume others can reach it
 
 
+def describe_invalid(exc: ValidationError) -> str:
+    """Each refused setting and why, never its value: pydantic's own text quotes the input,
+    and a CACHE_URL or proxy URL may carry a password."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in error["loc"])
+        name = f"CLIP_PROXY_{where.upper()}" if where else "settings"
+        lines.append(f"  {name}: {error['msg']}")
+    return "\n".join(lines)
+
+
 def _secrets(settings: Settings, *, upstream: bool = True) -> list[str]:
-    """Values masked in every log line, whatever logged them: the upstream key and every
-    client key, those of API_KEYS_FILE included (`upstream=False`: the client keys only)."""
-    keys = [settings.upstream_api_key.get_secret_value()] if upstream else []
-    return [key for key in [*keys, *settings.client_keys] if key]
+    """Values masked in every log line, whatever logged them: the upstream key, every client
+    key (those of API_KEYS_FILE included), and the passwords in CACHE_URL and the proxy URLs
+    (`upstream=False`: the client keys only)."""
+    from urllib.parse import urlsplit
+
+    if not upstream:
+        return [key for key in settings.client_keys if key]
+    passwords = []
+    for url in (settings.cache_url, settings.upstream_proxy, settings.fetch_proxy):
+        try:
+            passwords.append(urlsplit(url).password or "")
+        except ValueError:
+            continue
+    keys = [settings.upstream_api_key.get_secret_value(), *settings.client_keys, *passwords]
+    return [key for key in keys if key]
 
 
 def _make_test_model(directory: Path, projection_dim: int, vit_l14: bool) -> int:

@@ -127,6 +127,22 @@ class Settings(BaseSettings):
     # SSE comment sent while a stream has been silent this long (load balancers cut idle
     # connections at 60 s, and a reasoning model may think for minutes); 0 = off.
     ping_interval: float = Field(15.0, ge=0)
+    # --- Upstream edge (issue #11): egress proxy, TLS, body cap; see app/upstream/session.py ---
+    # An egress proxy toward the upstream, http:// or https:// (credentials in the URL). Empty:
+    # HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY from the environment, as httpx reads them.
+    upstream_proxy: str = ""
+    # A PEM file of the CAs that may sign the upstream's certificate (a private CA). Empty:
+    # SSL_CERT_FILE when set, else the public bundle (certifi). Verification is always on.
+    upstream_ca_file: Path | None = None
+    # A client certificate (PEM) for mTLS toward the upstream, and its key (when not in it).
+    upstream_client_cert: Path | None = None
+    upstream_client_key: Path | None = None
+    # A non-streamed upstream body larger than this, once decompressed, is a 502.
+    upstream_max_body_bytes: int = Field(32 * MiB, ge=1)
+    # Image URLs fetched through this proxy (opt-in; the environment is never read for it).
+    # The SSRF rules still hold: the host is resolved and checked before anything is sent.
+    fetch_proxy: str = ""
+
     # Requests in flight under /v1/ past which new ones get 503 + Retry-After; 0 = no limit.
     max_in_flight: int = Field(256, ge=0)
     # On SIGTERM: /readyz turns 503 at once; the listener closes after drain_delay_s (time
@@ -222,6 +238,31 @@ class Settings(BaseSettings):
     @property
     def echo_upstream(self) -> bool:
         return self.upstream_base_url == ECHO_UPSTREAM
+
+    @field_validator("upstream_proxy", "fetch_proxy")
+    @classmethod
+    def _check_proxy(cls, value: str, info: ValidationInfo) -> str:
+        # The message never quotes the value: a proxy URL may carry a password.
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"CLIP_PROXY_{str(info.field_name).upper()} must be an http:// or https:// URL"
+            )
+        return value
+
+    @field_validator("upstream_ca_file", "upstream_client_cert", "upstream_client_key")
+    @classmethod
+    def _check_pem_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"CLIP_PROXY_{str(info.field_name).upper()}: no file at {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_client_cert(self) -> Settings:
+        if self.upstream_client_key is not None and self.upstream_client_cert is None:
+            raise ValueError(
+                "CLIP_PROXY_UPSTREAM_CLIENT_KEY is set without CLIP_PROXY_UPSTREAM_CLIENT_CERT"
+            )
+        return self
 
     @field_validator("cache_url")
     @classmethod

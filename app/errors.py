@@ -19,12 +19,17 @@ The tree (status in brackets):
     ├── ModelFailed           [500] OCR or the captioner failed on an image (ocr_failed, ...)
     ├── EngineTimeout         [504] OCR or a caption not done within its deadline
     └── UpstreamError               the DeepSeek side
-        ├── UpstreamUnreachable [502] connection refused, reset, bad response
+        ├── UpstreamUnreachable [502] connection refused or reset, egress proxy failed
+        ├── UpstreamTlsError  [502] the upstream's certificate failed verification
+        ├── UpstreamBadResponse [502] garbage, or not an event stream for a stream request
+        ├── UpstreamResponseTooLarge [502] a body past UPSTREAM_MAX_BODY_BYTES, decoded
+        ├── UpstreamStreamTruncated [502] a stream that ended before `data: [DONE]`
+        │                              (only ever as an event inside a begun stream)
         ├── UpstreamTimeout   [504] no answer in time
         └── UpstreamStatus    [its status] the upstream answered an error; body relayed
 
-Foreign exceptions (httpx, PIL, pydantic) are translated where they are raised,
-once, with `raise ... from exc`.
+Foreign exceptions (aiohttp, httpx, PIL, pydantic) are translated where they are raised,
+once, with `raise ... from exc` (the upstream's in `app/upstream/session.py`).
 
 Error bodies the proxy writes itself also carry `"request_id"` beside `"error"` (the same id
 as the `X-Request-ID` header), so a user can quote it; a relayed upstream body stays as sent.
@@ -212,6 +217,24 @@ class UpstreamError(ProxyError):
 
 class UpstreamUnreachable(UpstreamError):
     code = "upstream_unreachable"
+
+
+class UpstreamTlsError(UpstreamError):
+    """Never retried: the certificate would fail the same way again."""
+
+    code = "upstream_tls_error"
+
+
+class UpstreamBadResponse(UpstreamError):
+    code = "upstream_bad_response"
+
+
+class UpstreamResponseTooLarge(UpstreamError):
+    code = "upstream_response_too_large"
+
+
+class UpstreamStreamTruncated(UpstreamError):
+    code = "upstream_stream_truncated"
 
 
 class UpstreamTimeout(UpstreamError):

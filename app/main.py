@@ -40,10 +40,11 @@ from app.health_service import HealthService
 from app.lifecycle import Startup, freeze_startup_objects, refuse_worker_processes
 from app.metrics import Metrics
 from app.models_service import ModelsService
-from app.rate_limit import RateLimiter
 from app.safe_fetch import FetchPolicy, SafeFetcher
 from app.service import ChatLimits, ChatOptions, ChatService
-from app.upstream import RetryPolicy, UpstreamClient
+from app.upstream.client import RetryPolicy, UpstreamClient
+from app.upstream.rate_limit import RateLimiter
+from app.upstream.session import TlsOptions
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def build_state(
             max_redirects=settings.fetch_max_redirects,
             allow_hosts=frozenset(settings.fetch_allow_hosts),
             allow_networks=tuple(settings.fetch_allow_networks),
+            proxy=settings.fetch_proxy,
         )
     )
     engine = Engine.from_settings(settings, metrics, fetcher)
@@ -166,6 +168,13 @@ def build_state(
         read_timeout_s=settings.upstream_read_timeout_s,
         max_connections=settings.upstream_max_connections,
         keepalive_expiry_s=settings.upstream_keepalive_expiry_s,
+        max_body_bytes=settings.upstream_max_body_bytes,
+        tls=TlsOptions(
+            ca_file=settings.upstream_ca_file,
+            client_cert=settings.upstream_client_cert,
+            client_key=settings.upstream_client_key,
+        ),
+        proxy=settings.upstream_proxy,
         retry=RetryPolicy(
             settings.upstream_max_retries,
             settings.upstream_retry_base_s,

@@ -250,7 +250,7 @@ class Metrics:
             registry=r,
         )
 
-        # The upstream, per chat completion (app/service.py, app/stream_meter.py).
+        # The upstream, per chat completion (app/service.py, app/upstream/stream_meter.py).
         self.upstream_ttfb = Histogram(
             "clip_proxy_upstream_ttfb_seconds",
             "Time from sending a chat request upstream to its response headers",
@@ -273,7 +273,8 @@ class Metrics:
         self.stream_duration = Histogram(
             "clip_proxy_stream_duration_seconds",
             "Time a relayed stream lasts, from the upstream's headers to its end, by outcome "
-            "(complete, error, cancelled: the client left)",
+            "(complete: data: [DONE] arrived; truncated: the upstream cut it; error: the "
+            "upstream went silent; cancelled: the client left)",
             ["outcome"],
             buckets=_LONG_BUCKETS,
             registry=r,

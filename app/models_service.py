@@ -11,7 +11,7 @@ import orjson
 
 from app.errors import NotFound, UpstreamStatus
 from app.service import JsonReply
-from app.upstream import UpstreamClient
+from app.upstream.client import UpstreamClient
 
 
 class ModelsService:

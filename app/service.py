@@ -39,8 +39,9 @@ from app.rewrite import (
     last_user_index,
     rewrite_messages,
 )
-from app.stream_meter import count_tokens, metered_stream
-from app.upstream import UpstreamClient, UpstreamReply
+from app.upstream.client import UpstreamClient
+from app.upstream.response import UpstreamResponse
+from app.upstream.stream_meter import StreamMeter, count_tokens
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ class JsonReply:
 class StreamReply:
     chunks: AsyncIterator[bytes]
     media_type: str
-    # Releases the upstream response whatever happened to `chunks`: a client that leaves
-    # before the body starts means the generators never run their own `finally`.
+    # The upstream response's idempotent `aclose`: releases it whatever happened to
+    # `chunks` (a client that leaves before the body starts never pulls a chunk).
     close: Callable[[], Awaitable[None]]
 
 
@@ -165,10 +166,8 @@ class ChatService:
         reply = await self._send_upstream(orjson.dumps(body), stream, headers)
         headers_at = time.perf_counter()
         if stream:
-            chunks = metered_stream(
-                reply.relay(), self._metrics, sent_at=sent_at, headers_at=headers_at
-            )
-            return StreamReply(chunks, reply.media_type, reply.response.aclose)
+            meter = StreamMeter(self._metrics, sent_at=sent_at, headers_at=headers_at)
+            return StreamReply(reply.relay(meter), reply.media_type, reply.aclose)
         answer = await reply.read()
         self._metrics.upstream_duration.labels(mode="json").observe(time.perf_counter() - sent_at)
         if b'"usage"' in answer:
@@ -177,7 +176,7 @@ class ChatService:
 
     async def _send_upstream(
         self, payload: bytes, stream: bool, headers: dict[str, str]
-    ) -> UpstreamReply:
+    ) -> UpstreamResponse:
         """Send the chat request and wait for the upstream's headers; observe that wait."""
         sent_at = time.perf_counter()
         try:

@@ -17,6 +17,13 @@ per chunk, and the proxy's CPU time; added latency and throughput are relative t
 
     python -m bench.proxy                      # writes bench/results/proxy.{json,md,png}
     python -m bench.proxy --skip-litellm --duration-s 3
+
+`--baseline DIR` adds a fourth path, `clip-proxy-baseline`: the same proxy run from another
+checkout (say a git worktree at the previous release), in the same run, so a change's cost
+is measured side by side (`--kinds text` keeps the run short):
+
+    git worktree add --detach ../clip-proxy-old main
+    python -m bench.proxy --skip-litellm --baseline ../clip-proxy-old --kinds text
 """
 
 from __future__ import annotations
@@ -69,6 +76,17 @@ def wait_http(url: str, timeout_s: float, process: subprocess.Popen[bytes]) -> N
     raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f} s")
 
 
+def git_commit(checkout: Path) -> str | None:
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return found.stdout.strip()
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -103,7 +121,7 @@ def post(port: int, body: bytes) -> int:
 
 # --- the processes ---------------------------------------------------------------------
 def start(
-    command: list[str], log: Path, env: dict[str, str] | None = None
+    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
@@ -111,11 +129,13 @@ def start(
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
-            cwd=ROOT,
+            cwd=cwd,
         )
 
 
-def start_clip_proxy(port: int, upstream_port: int) -> subprocess.Popen[bytes]:
+def start_clip_proxy(
+    port: int, upstream_port: int, checkout: Path = ROOT, name: str = "clip-proxy"
+) -> subprocess.Popen[bytes]:
     model = WORK / "model"
     if not (model / "config.json").exists():
         subprocess.run(
@@ -129,9 +149,11 @@ def start_clip_proxy(port: int, upstream_port: int) -> subprocess.Popen[bytes]:
         "CLIP_PROXY_UPSTREAM_API_KEY": "sk-upstream",
         "CLIP_PROXY_CLIP_MODEL": str(model),
         "CLIP_PROXY_DEVICE": "cpu",
+        # `app` from `checkout`, whatever PYTHONPATH the bench itself runs with.
+        "PYTHONPATH": str(checkout),
     }
     command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    process = start(command, WORK / "clip-proxy.log", env)
+    process = start(command, WORK / f"{name}.log", env, cwd=checkout)
     wait_http(f"http://127.0.0.1:{port}/readyz", 120, process)
     return process
 
@@ -301,6 +323,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 50, 200])
     parser.add_argument("--duration-s", type=float, default=6.0, help="per cell (c=1: 2x)")
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout, run as the path clip-proxy-baseline"
+    )
+    parser.add_argument(
+        "--kinds", nargs="+", default=["text", "image", "text-json"], help="cells to run"
+    )
     parser.add_argument("--out-dir", type=Path, default=BENCH / "results")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
@@ -309,7 +337,7 @@ def main() -> None:
     load_start = os.getloadavg()
     bodies = write_bodies()
 
-    ports = {path: free_port() for path in ("upstream", *PATHS[1:])}
+    ports = {path: free_port() for path in ("upstream", *PATHS[1:], "clip-proxy-baseline")}
     ports["direct"] = ports["upstream"]
     processes: dict[str, subprocess.Popen[bytes]] = {}
     notes: list[str] = []
@@ -330,6 +358,14 @@ def main() -> None:
         time.sleep(1)
         processes["clip-proxy"] = start_clip_proxy(ports["clip-proxy"], ports["upstream"])
         paths = ["direct", "clip-proxy"]
+        if args.baseline is not None:
+            processes["clip-proxy-baseline"] = start_clip_proxy(
+                ports["clip-proxy-baseline"],
+                ports["upstream"],
+                args.baseline.resolve(),
+                "clip-proxy-baseline",
+            )
+            paths.append("clip-proxy-baseline")
         if not args.skip_litellm:
             try:
                 processes["litellm"] = start_litellm(ports["litellm"], ports["upstream"])
@@ -344,7 +380,7 @@ def main() -> None:
         hits_name, misses_name = "clip_proxy_cache_hits_total", "clip_proxy_cache_misses_total"
         cells: dict[str, dict[str, dict[str, Any]]] = {}
         cache: dict[str, float | None] = {}
-        for kind in ("text", "image", "text-json"):
+        for kind in args.kinds:
             levels = args.concurrency if kind != "text-json" else [50]
             for concurrency in levels:
                 key = f"{kind} c={concurrency}"
@@ -399,6 +435,9 @@ def main() -> None:
         "clip_proxy_event_loop": event_loop,
         "image_cache": cache,
         "concurrency_levels": args.concurrency,
+        "baseline": str(args.baseline) if args.baseline else None,
+        "baseline_commit": git_commit(args.baseline) if args.baseline else None,
+        "commit": git_commit(ROOT),
         "paths": paths,
         "notes": notes,
         "cells": cells,

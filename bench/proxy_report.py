@@ -74,6 +74,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
             )
     else:
         verdicts.append(("clip-proxy added latency <= 1/3 of LiteLLM's", None, "LiteLLM not run"))
+    verdicts += baseline_targets(results)
     c50 = cells.get("text c=50", {}).get("clip-proxy")
     if c50:
         gap = c50["gap_ms"]["p99"]
@@ -82,6 +83,42 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
                 "no chunk held back: upstream send -> client receive < 2 ms p99, text, c=50",
                 gap is not None and gap < 2,
                 f"{fmt(gap)} ms (direct: {fmt(cells['text c=50']['direct']['gap_ms']['p99'])} ms)",
+            )
+        )
+    return verdicts
+
+
+def baseline_targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """This checkout against `--baseline`, same run: CPU per relayed chunk at most 15%
+    above, and added time to first chunk p50 at c=1 at most 2 ms (the upstream client's
+    budget, issue 11)."""
+    if "clip-proxy-baseline" not in results["paths"]:
+        return []
+    cells: Cells = results["cells"]
+    verdicts: list[tuple[str, bool | None, str]] = []
+    for key, paths in cells.items():
+        if not key.startswith("text c=") or key == "text c=1":
+            continue
+        ours = paths["clip-proxy"]["proxy_cpu_us_per_chunk"]
+        theirs = paths["clip-proxy-baseline"]["proxy_cpu_us_per_chunk"]
+        ratio = ours / theirs if ours and theirs else None
+        percent = fmt(100 * ratio if ratio else None, 0)
+        verdicts.append(
+            (
+                f"CPU per relayed chunk <= 115% of the baseline's, {key}",
+                None if ratio is None else ratio <= 1.15,
+                f"{fmt(ours, 1)} vs {fmt(theirs, 1)} us ({percent}%)",
+            )
+        )
+    c1 = cells.get("text c=1")
+    if c1:
+        added = c1["clip-proxy"]["vs_direct"]["added_ttfc_ms_p50"]
+        baseline = c1["clip-proxy-baseline"]["vs_direct"]["added_ttfc_ms_p50"]
+        verdicts.append(
+            (
+                "added TTFC p50 <= 2 ms, text, c=1",
+                added is not None and added <= 2,
+                f"{fmt(added)} ms (baseline: {fmt(baseline)} ms)",
             )
         )
     return verdicts
@@ -105,6 +142,12 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"{results['upstream']['delay_ms']} ms apart per stream (ideal: "
         f"{1000 / results['upstream']['delay_ms']:.0f} chunks/s per request). "
         f"clip-proxy process has loaded: {libraries}.",
+        f"clip-proxy at {results.get('commit')}"
+        + (
+            f"; clip-proxy-baseline: {results['baseline']} at {results.get('baseline_commit')}."
+            if results.get("baseline")
+            else "."
+        ),
         f"Image cells: {cache_line(results['image_cache'])}",
         "",
     ]

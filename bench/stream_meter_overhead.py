@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from app.metrics import Metrics
-from app.stream_meter import metered_stream
+from app.upstream.stream_meter import StreamMeter, StreamOutcome
 
 CHUNKS = 20_000
 ROUNDS = 7
@@ -49,6 +49,14 @@ async def bare(chunks: list[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
+async def metered(chunks: AsyncIterator[bytes], meter: StreamMeter) -> AsyncIterator[bytes]:
+    """What the relay does per chunk with a meter (app/upstream/response.py)."""
+    async for chunk in chunks:
+        meter.see(chunk)
+        yield chunk
+    meter.end(StreamOutcome.complete)
+
+
 async def drain(stream: AsyncIterator[bytes]) -> float:
     started = time.perf_counter()
     async for _ in stream:
@@ -63,8 +71,8 @@ async def main() -> None:
     for _ in range(ROUNDS):  # interleaved, so both see the same machine load
         bare_s.append(await drain(bare(chunks)))
         now = time.perf_counter()
-        metered = metered_stream(source(chunks), metrics, sent_at=now, headers_at=now)
-        metered_s.append(await drain(metered))
+        meter = StreamMeter(metrics, sent_at=now, headers_at=now)
+        metered_s.append(await drain(metered(source(chunks), meter)))
     per_chunk_us = {
         "bare": statistics.median(bare_s) / len(chunks) * 1e6,
         "metered": statistics.median(metered_s) / len(chunks) * 1e6,

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh Debian/Ubuntu machine: system packages the tests use
-# (nginx, prometheus, redis, curl), then a virtual environment with a CPU build of torch
+# (nginx, prometheus, redis, curl, openssl), then a virtual environment with a CPU build of torch
 # and the project in editable mode. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in curl nginx prometheus redis-server; do
+for tool in curl nginx openssl prometheus redis-server; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 # The playground's browser tests (tests/proxy/test_playground.py): Chromium and its driver.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import threading
 import time
 from collections import deque
@@ -85,6 +86,18 @@ def r1_completion(answer: str = "A cat on a sofa.") -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Wire:
+    """Bytes exactly as they go on the socket, for what the server above never sends
+    itself: interim 1xx answers, close-delimited bodies, pauses inside an event, cuts.
+
+    `steps`: bytes are written, a number pauses that many seconds. `end`: "keep" (the
+    connection serves the next request), "fin" (closed cleanly) or "rst" (aborted)."""
+
+    steps: tuple[bytes | float, ...]
+    end: str = "keep"
+
+
 @dataclass
 class Reply:
     """One scripted answer. Defaults: the R1 stream (or JSON when the request is not streamed)."""
@@ -98,6 +111,8 @@ class Reply:
     stall_before_headers_s: float = 0.0
     reset_after_chunks: int | None = None  # abort the TCP connection after N chunks
     first_chunk_delay_s: float = 0.0  # headers sent, then silence (a model thinking)
+    wire: Wire | None = None  # raw bytes instead of any of the above
+    drop: str | None = None  # read the request, then "fin" or "rst" without an answer
 
 
 @dataclass
@@ -115,7 +130,8 @@ class Recorded:
 
 
 class FakeUpstream:
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._ssl_context = ssl_context  # serve https (a test CA's certificate)
         self.requests: list[Recorded] = []
         self.chunk_sent_at: list[float] = []
         self.connections_opened = 0
@@ -142,7 +158,9 @@ class FakeUpstream:
         self._loop.close()  # else its self-pipe leaks a ResourceWarning at exit
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", 0, ssl=self._ssl_context
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _stop(self) -> None:
@@ -159,7 +177,8 @@ class FakeUpstream:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/v1"
 
     @property
     def open_connections(self) -> int:
@@ -180,7 +199,7 @@ class FakeUpstream:
         try:
             while await self._serve_one(reader, writer, connection):
                 pass
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         finally:
             self.connections_closed += 1
@@ -205,6 +224,12 @@ class FakeUpstream:
         recorded = Recorded(method, path, headers, body, time.monotonic(), connection)
         self.requests.append(recorded)
         reply = self._script.popleft() if self._script else Reply()
+        if reply.drop is not None:
+            if reply.drop == "rst":
+                writer.transport.abort()
+            return False
+        if reply.wire is not None:
+            return await self._send_wire(writer, reply.wire)
         if reply.stall_before_headers_s:
             await self._pause(reader, reply.stall_before_headers_s)
         if path.endswith("/models"):
@@ -220,6 +245,18 @@ class FakeUpstream:
             await self._send_json(writer, 200, r1_completion(), reply.headers)
             return True
         return await self._send_stream(writer, reply, reader)
+
+    async def _send_wire(self, writer: asyncio.StreamWriter, wire: Wire) -> bool:
+        for step in wire.steps:
+            if isinstance(step, bytes):
+                writer.write(step)
+                await writer.drain()
+                self.chunk_sent_at.append(time.monotonic())
+            else:
+                await asyncio.sleep(step)
+        if wire.end == "rst":
+            writer.transport.abort()
+        return wire.end == "keep"
 
     async def _pause(self, reader: asyncio.StreamReader | None, seconds: float) -> None:
         """Sleep, but notice at once if the client closes the connection meanwhile."""

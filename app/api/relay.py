@@ -2,24 +2,27 @@
 
 A `StreamingResponse` (so Starlette still races the stream against `http.disconnect` and
 cancels it when the client leaves) whose send loop does only what each chunk needs: one
-ASGI `send` and one clock read. Pings come from one `IdleTimer` task per stream rather than
+ASGI `send`, one clock read and a look at the chunk's last bytes (pings only go out between
+events). Pings come from one `IdleTimer` task per stream rather than
 from a wrapper that awaits every chunk with a timeout (a task, a future and a timer per
 chunk, measured in bench/profile_proxy.py).
 
-    return RelayResponse(chunks, close=reply.aclose, ping_interval_s=15, media_type=...)
+    return RelayResponse(chunks, close=response.aclose, ping_interval_s=15, media_type=...)
+
+`close` is the upstream response's own idempotent `aclose`: called here once the response is
+over, however it ended, so the upstream connection is released with the client's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.keepalive import PING, IdleTimer
+from app.upstream.keepalive import PING, IdleTimer
 
 
 class RelayResponse(StreamingResponse):
@@ -51,7 +54,7 @@ class RelayResponse(StreamingResponse):
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
         pinger: asyncio.Task[None] | None = None
-        touch = _nothing
+        touch: Callable[[bytes], None] = _nothing
         if self.ping_interval_s > 0:
             timer = IdleTimer(self.ping_interval_s)
             touch = timer.touch
@@ -62,31 +65,17 @@ class RelayResponse(StreamingResponse):
                 await send({"type": "http.response.body", "body": PING, "more_body": True})
 
             pinger = asyncio.create_task(timer.ping_when_idle(ping))
-        finished = False
         try:
             async for chunk in self._chunks:
+                # Noted before the send: while a slow client holds this send, the pinger
+                # already knows the bytes going out may end mid-event.
+                touch(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                touch()
-            finished = True
         finally:
             if pinger is not None:
                 pinger.cancel()  # before the final message: no ping after the body's end
-            if not finished:
-                await close_shielded(self._chunks)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _nothing() -> None:
+def _nothing(chunk: bytes) -> None:
     pass
-
-
-async def close_shielded(chunks: AsyncIterator[bytes]) -> None:
-    """Close a relay that stopped early (client gone, send failed), so the upstream response
-    and its connection are released now rather than whenever the generator is collected.
-
-    Shielded: this runs under Starlette's cancelled scope, where any unshielded await would
-    be cancelled again before the upstream connection is closed."""
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        with anyio.CancelScope(shield=True), contextlib.suppress(RuntimeError):
-            await aclose()

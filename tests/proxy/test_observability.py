@@ -250,9 +250,11 @@ def test_stream_broken_by_the_upstream_is_an_error_outcome(
     assert b'"error"' in body
     after = scrape(proxy.url)
     outcome = "clip_proxy_stream_duration_seconds_count"
-    assert grew(before, after, outcome, outcome="error") == 1
+    # A cut stream is `truncated`, its error `upstream_stream_truncated` (issue 11; they
+    # were `error` and `upstream_unreachable`).
+    assert grew(before, after, outcome, outcome="truncated") == 1
     errors = "clip_proxy_errors_total"
-    assert grew(before, after, errors, type="upstream_unreachable") == 1
+    assert grew(before, after, errors, type="upstream_stream_truncated") == 1
 
 
 def test_unknown_paths_share_one_route_label(proxy: ProxyServer) -> None:

@@ -90,6 +90,25 @@ def test_serve_refuses_bad_configuration_with_a_clear_message() -> None:
     assert "invalid configuration" in result.stderr and "tpu" in result.stderr
 
 
+def test_a_settings_error_never_prints_a_password() -> None:
+    env = {
+        **os.environ,
+        "CLIP_PROXY_CACHE_URL": "memcached://admin:hunter2-cache@cache.internal:11211",
+        "CLIP_PROXY_UPSTREAM_PROXY": "socks5://admin:hunter2-proxy@egress.internal:1080",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "CLIP_PROXY_CACHE_URL" in result.stderr
+    assert "CLIP_PROXY_UPSTREAM_PROXY" in result.stderr
+    assert "hunter2" not in result.stderr and "admin" not in result.stderr
+
+
 def test_every_setting_is_in_the_readme_table_and_nothing_else() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", readme, re.MULTILINE))

@@ -6,14 +6,19 @@ chunks from the first usage sighting on are kept (at most 16 KiB) and parsed onc
 stream ends. It observes time to first token, the stream's duration and outcome, the
 upstream's total time and the tokens the upstream reported.
 
-    chunks = metered_stream(reply.relay(), metrics, sent_at=t0, headers_at=t1)
+It is told, not left to guess: the relay (`UpstreamResponse.relay`) shows it every chunk and,
+once, how the stream ended.
+
+    meter = StreamMeter(metrics, sent_at=t0, headers_at=t1)
+    async for chunk in response.relay(meter): ...   # meter.see(chunk) per chunk
+    # ... and response.aclose() calls meter.end(outcome) once
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -26,7 +31,15 @@ from app.request_context import note_fact
 _TOKEN = re.compile(rb'"(?:reasoning_)?content"\s*:\s*"[^"]')
 _USAGE = b'"usage"'
 _USAGE_TAIL_BYTES = 16 * 1024
-_ERROR_EVENT = b'data: {"error"'
+
+
+class StreamOutcome(StrEnum):
+    """How a relayed stream ended: the `outcome` of clip_proxy_stream_duration_seconds."""
+
+    complete = "complete"  # `data: [DONE]` arrived
+    truncated = "truncated"  # the upstream ended it early: reset, FIN, a cut in the framing
+    error = "error"  # the upstream went silent past the read timeout
+    cancelled = "cancelled"  # the client left, or the relay was closed before its end
 
 
 class UsageReader:
@@ -71,33 +84,34 @@ def count_tokens(metrics: Metrics, usage: dict[str, Any] | None) -> None:
             note_fact(f"{kind}_tokens", tokens)
 
 
-async def metered_stream(
-    chunks: AsyncIterator[bytes], metrics: Metrics, *, sent_at: float, headers_at: float
-) -> AsyncIterator[bytes]:
-    """`chunks`, relayed as they are, measured on the way."""
-    usage = UsageReader()
-    first_token_seen = False
-    last = b""
-    outcome = "cancelled"  # unless the loop below ends by itself
-    try:
-        async for chunk in chunks:
-            if not first_token_seen and _TOKEN.search(chunk):
-                first_token_seen = True
-                ttft = time.perf_counter() - sent_at
-                metrics.upstream_ttft.observe(ttft)
-                note_fact("ttft_ms", round(ttft * 1000, 1))
-            usage.feed(chunk)
-            last = chunk
-            yield chunk
-        outcome = "error" if last.startswith(_ERROR_EVENT) else "complete"
-    finally:
+class StreamMeter:
+    """Measures one relayed stream: `see` every chunk as it leaves, `end` it once."""
+
+    def __init__(self, metrics: Metrics, *, sent_at: float, headers_at: float) -> None:
+        self._metrics = metrics
+        self._sent_at = sent_at
+        self._headers_at = headers_at
+        self._usage = UsageReader()
+        self._first_token_seen = False
+        self._ended = False
+
+    def see(self, chunk: bytes) -> None:
+        if not self._first_token_seen and _TOKEN.search(chunk):
+            self._first_token_seen = True
+            ttft = time.perf_counter() - self._sent_at
+            self._metrics.upstream_ttft.observe(ttft)
+            note_fact("ttft_ms", round(ttft * 1000, 1))
+        self._usage.feed(chunk)
+
+    def end(self, outcome: StreamOutcome) -> None:
+        if self._ended:
+            return
+        self._ended = True
         ended = time.perf_counter()
-        metrics.stream_duration.labels(outcome=outcome).observe(ended - headers_at)
-        if outcome != "cancelled":
-            metrics.upstream_duration.labels(mode="stream").observe(ended - sent_at)
-        note_fact("stream", outcome)
-        count_tokens(metrics, usage.usage())
-        # Close the relay now, so the upstream connection is released with the client's.
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        self._metrics.stream_duration.labels(outcome=outcome.value).observe(
+            ended - self._headers_at
+        )
+        if outcome is not StreamOutcome.cancelled:
+            self._metrics.upstream_duration.labels(mode="stream").observe(ended - self._sent_at)
+        note_fact("stream", outcome.value)
+        count_tokens(self._metrics, self._usage.usage())
