@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
+    AliasChoices,
     Field,
     PrivateAttr,
     SecretStr,
@@ -58,76 +59,34 @@ def _split_commas(value: object) -> object:
 class Settings(BaseSettings):
     """Every knob of clip-proxy; each has a default that works."""
 
-    model_config = SettingsConfigDict(env_prefix="CLIP_PROXY_", extra="ignore")
+    # populate_by_name: a renamed setting keeps its old environment name as an alias, and
+    # code and tests still pass the field by its (new) name.
+    model_config = SettingsConfigDict(
+        env_prefix="CLIP_PROXY_", extra="ignore", populate_by_name=True
+    )
 
     _client_keys: list[str] = PrivateAttr(default_factory=list)
 
-    # Upstream. "echo": the embedded upstream (app/echo_upstream.py) for a first run.
+    # ---- The upstream: where requests go, how the hop behaves ----
     upstream_base_url: str = "https://api.lkeap.cloud.tencent.com/v1"
     upstream_api_key: SecretStr = SecretStr("")
+    default_model: str = "deepseek-r1"
     upstream_connect_timeout_s: float = Field(5.0, gt=0)
     # Reasoning models may think for minutes between bytes: the read timeout is long.
     upstream_read_timeout_s: float = Field(600.0, gt=0)
-    default_model: str = "deepseek-r1"
-
-    # Encoder
-    clip_model: str = "openai/clip-vit-large-patch14"
-    device: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
-    encoder_dtype: EncoderDtype = EncoderDtype.auto
-    max_batch: int = Field(32, ge=1, le=1024)
-    max_wait_ms: float = Field(5.0, ge=0, le=1000)
-    encode_timeout_s: float = Field(60.0, gt=0)
-
-    # Prompt rewriting
-    prompt_format: PromptFormat = PromptFormat.inline
-    embedding_decimals: int = Field(6, ge=1, le=9)
-
-    # Client side
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    cache_url: str = ""
-
-    # Limits on what a client may send
-    max_image_bytes: int = Field(20 * MiB, ge=1)
-    max_images_per_request: int = Field(16, ge=0)
-    max_image_pixels: int = Field(40_000_000, ge=1)
-    max_body_bytes: int = Field(64 * MiB, ge=1)
-
-    # Fetching image URLs: private and loopback targets are refused unless allowed here.
-    fetch_timeout_s: float = Field(5.0, gt=0)
-    fetch_max_redirects: int = Field(5, ge=0, le=20)
-    fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    fetch_allow_networks: Annotated[
-        list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
-    ] = Field(default_factory=list)
-
-    # Encoder pool (issue #3): backpressure and speed options, each measured in
-    # bench/encoder.py. A full queue answers 503 + Retry-After at once.
-    encoder_queue_size: int = Field(1024, ge=1, le=1_000_000)
-    encoder_quantize: EncoderQuantize = EncoderQuantize.none
-    encoder_compile: bool = False
-    preprocess_threads: int = Field(4, ge=1, le=64)
-    # Observability (logs are JSON lines on stderr; see app/logging_setup.py)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # Reliability and client auth (issue #5)
-    # A file of client keys, one per line ('#' comments), read at start-up with API_KEYS.
-    api_keys_file: Path | None = None
-    # Require a client key on /metrics too (when client keys are configured).
-    metrics_require_auth: bool = False
+    upstream_max_connections: int = Field(256, ge=1)
+    # Idle upstream connections older than this are closed (at the next request).
+    upstream_keepalive_expiry_s: float = Field(30.0, gt=0)
+    # A non-streamed upstream body larger than this, once decompressed, is a 502.
+    upstream_max_body_bytes: int = Field(32 * MiB, ge=1)
     # Retries toward the upstream, only before a byte went to the client.
     upstream_max_retries: int = Field(2, ge=0, le=10)
     upstream_retry_base_s: float = Field(0.5, gt=0)
     upstream_retry_max_s: float = Field(8.0, gt=0)
-    upstream_max_connections: int = Field(256, ge=1)
-    # Idle upstream connections older than this are closed (at the next request).
-    upstream_keepalive_expiry_s: float = Field(30.0, gt=0)
     # Client-side rate limit toward the upstream (Tencent allows 3/s); 0 = off. A request
     # waits up to upstream_rate_limit_wait_s for its slot, then gets 429 with Retry-After.
     upstream_rate_limit_rps: float = Field(0.0, ge=0)
     upstream_rate_limit_wait_s: float = Field(2.0, ge=0)
-    # SSE comment sent while a stream has been silent this long (load balancers cut idle
-    # connections at 60 s, and a reasoning model may think for minutes); 0 = off.
-    ping_interval: float = Field(15.0, ge=0)
-    # --- Upstream edge (issue #11): egress proxy, TLS, body cap; see app/upstream/session.py ---
     # An egress proxy toward the upstream, http:// or https:// (credentials in the URL). Empty:
     # HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY from the environment, as httpx reads them.
     upstream_proxy: str = ""
@@ -137,32 +96,112 @@ class Settings(BaseSettings):
     # A client certificate (PEM) for mTLS toward the upstream, and its key (when not in it).
     upstream_client_cert: Path | None = None
     upstream_client_key: Path | None = None
-    # A non-streamed upstream body larger than this, once decompressed, is a 502.
-    upstream_max_body_bytes: int = Field(32 * MiB, ge=1)
-    # Image URLs fetched through this proxy (opt-in; the environment is never read for it).
-    # The SSRF rules still hold: the host is resolved and checked before anything is sent.
-    fetch_proxy: str = ""
+    # Request headers sent on to the upstream besides traceparent and tracestate
+    # (app/forward_headers.py); Authorization, Cookie and hop-by-hop headers never are.
+    forward_headers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # SSE comment sent while a stream has been silent this long (load balancers cut idle
+    # connections at 60 s, and a reasoning model may think for minutes); 0 = off.
+    # (CLIP_PROXY_PING_INTERVAL, its name before every duration carried its unit, still works.)
+    ping_interval_s: float = Field(
+        15.0,
+        ge=0,
+        validation_alias=AliasChoices("CLIP_PROXY_PING_INTERVAL_S", "CLIP_PROXY_PING_INTERVAL"),
+    )
 
-    # Requests in flight under /v1/ past which new ones get 503 + Retry-After; 0 = no limit.
-    max_in_flight: int = Field(256, ge=0)
-    # On SIGTERM: /readyz turns 503 at once; the listener closes after drain_delay_s (time
-    # for a load balancer to notice); streams in flight get shutdown_grace_s to finish.
-    drain_delay_s: float = Field(0.0, ge=0)
-    shutdown_grace_s: float = Field(30.0, ge=0)
-    # The browser playground at /playground (and / redirecting there); false turns both off.
-    playground: bool = True
-
-    # --- Image front end on GPU hosts (issue 17) ---
-    # Decode JPEGs with nvJPEG on the first CUDA device (needs torchvision in the GPU image;
-    # the CPU set-up never installs it); any image it refuses is decoded on the CPU.
-    gpu_decode: bool = False
+    # ---- The CLIP encoder and its pool ----
+    clip_model: str = "openai/clip-vit-large-patch14"
+    device: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
+    encoder_dtype: EncoderDtype = EncoderDtype.auto
+    encoder_quantize: EncoderQuantize = EncoderQuantize.none
+    encoder_compile: bool = False
+    # With ENCODER_COMPILE on CUDA: one CUDA graph per batch bucket ("reduce-overhead").
+    encoder_cuda_graphs: bool = False
     # CUDA workers pipeline their batches (copy of N+1 beside compute of N); false: one
     # batch at a time, as on the CPU. CPU workers never pipeline.
     encoder_pipeline: bool = True
-    # With ENCODER_COMPILE on CUDA: one CUDA graph per batch bucket ("reduce-overhead").
-    encoder_cuda_graphs: bool = False
+    max_batch: int = Field(32, ge=1, le=1024)
+    max_wait_ms: float = Field(5.0, ge=0, le=1000)
+    encoder_queue_size: int = Field(1024, ge=1, le=1_000_000)
+    encode_timeout_s: float = Field(60.0, gt=0)
+    preprocess_threads: int = Field(4, ge=1, le=64)
+    # Decode JPEGs with nvJPEG on the first CUDA device (needs torchvision in the GPU image;
+    # the CPU set-up never installs it); any image it refuses is decoded on the CPU.
+    gpu_decode: bool = False
 
-    # --- The front door (issue #13): what an unknown client may hold of this process ---
+    # ---- The prompt sent upstream ----
+    prompt_format: PromptFormat = PromptFormat.inline
+    # seed: the seed's formats, byte for byte. describe: each image as text R1 can read.
+    # A request may choose with `X-Clip-Proxy-Preset` or `"clip_proxy": {"preset": ...}`.
+    prompt_preset: PromptPreset = PromptPreset.seed
+    embedding_decimals: int = Field(6, ge=1, le=9)
+    # describe: the vector too (thousands of tokens per image that a stock R1 cannot read).
+    include_vector: bool = False
+    # Inline prompt templates; placeholders {vector} {labels} {sha256} {width} {height}.
+    image_template: str = ImageTemplates.image
+    retained_image_template: str = ImageTemplates.retained
+    retained_ref_template: str = ImageTemplates.retained_ref
+    # Earlier images that keep their full vector (the most recent); older ones become
+    # retained_ref_template. -1: all of them.
+    max_retained_vectors: int = Field(-1, ge=-1)
+
+    # ---- Words beside the vector: labels and tags, OCR, captions ----
+    # Zero-shot labels: the top k of a vocabulary (a file, one label per line; empty = the
+    # shipped COCO + scenes list), each label encoded as labels_prompt. 0 turns them off.
+    labels_top_k: int = Field(0, ge=0, le=100)
+    labels_vocabulary: str = ""
+    # Several prompts separated by "|" are an ensemble: a label's vector is the normalised
+    # mean of its prompts' vectors (CLIP's prompt ensembling).
+    labels_prompt: str = (
+        "a photo of a {label}.|a picture of a {label}.|a close-up photo of a {label}."
+        "|an image of a {label}."
+    )
+    # Labels scoring below this (softmax over the vocabulary) are left out; 0 keeps top k.
+    labels_min_score: float = Field(0.0, ge=0, le=1)
+    # describe: the tags, the top k of the label vocabulary scoring at least the minimum.
+    describe_tags_top_k: int = Field(5, ge=0, le=100)
+    describe_tags_min_score: float = Field(0.05, ge=0, le=1)
+    # OCR (RapidOCR, offline): its own pool beside CLIP; false: describe shows no text.
+    ocr_enabled: bool = True
+    ocr_max_chars: int = Field(2000, ge=0)
+    ocr_workers: int = Field(1, ge=1, le=64)
+    # onnxruntime threads per OCR worker.
+    ocr_threads: int = Field(2, ge=1, le=64)
+    # cuda needs onnxruntime-gpu installed in place of onnxruntime.
+    ocr_device: Literal["cpu", "cuda"] = "cpu"
+    ocr_queue_size: int = Field(64, ge=1, le=100_000)
+    ocr_timeout_s: float = Field(30.0, gt=0)
+    # Captions: a transformers image-to-text checkpoint (hub id or directory); empty = off.
+    caption_model: str = ""
+    caption_device: str = "auto"
+    caption_max_batch: int = Field(8, ge=1, le=256)
+    caption_queue_size: int = Field(64, ge=1, le=100_000)
+    caption_timeout_s: float = Field(60.0, gt=0)
+
+    # ---- The feature cache (vectors and words, by image content) ----
+    cache_url: str = ""
+    # In-process LRU of image vectors, bounded in bytes (about 3 KiB per image); 0 turns it off.
+    cache_memory_bytes: int = Field(256 * MiB, ge=0)
+    # Redis (CACHE_URL): entry lifetime, per-operation timeout, and the key prefix.
+    cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    cache_timeout_ms: float = Field(100.0, gt=0, le=10_000)
+    cache_key_prefix: str = "clip-proxy:"
+
+    # ---- Clients: keys and what is open to them ----
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # A file of client keys, one per line ('#' comments), read at start-up with API_KEYS.
+    api_keys_file: Path | None = None
+    # Require a client key on /metrics too (when client keys are configured).
+    metrics_require_auth: bool = False
+    # /docs, /redoc and /openapi.json (behind a client key when API_KEYS is set).
+    docs: bool = True
+    # The browser playground at /playground (and / redirecting there); false turns both off.
+    playground: bool = True
+
+    # ---- Limits on what a client may send or hold ----
+    max_image_bytes: int = Field(20 * MiB, ge=1)
+    max_images_per_request: int = Field(16, ge=0)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_body_bytes: int = Field(64 * MiB, ge=1)
     # A request head (request line and headers) longer than this gets 431 and is closed.
     max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * MiB)
     # A connection that has not finished its head this many seconds after it opened (or
@@ -173,8 +212,27 @@ class Settings(BaseSettings):
     # Bytes of request bodies being read or held, all requests together; past it a request
     # waits briefly, then gets 503 + Retry-After. 0 = no budget.
     max_inflight_body_bytes: int = Field(1024 * MiB, ge=0)
-    # /docs, /redoc and /openapi.json (behind a client key when API_KEYS is set).
-    docs: bool = True
+    # Requests in flight under /v1/ past which new ones get 503 + Retry-After; 0 = no limit.
+    max_in_flight: int = Field(256, ge=0)
+
+    # ---- Fetching image URLs: private and loopback targets are refused unless allowed here ----
+    # Fetching image URLs: private and loopback targets are refused unless allowed here.
+    fetch_timeout_s: float = Field(5.0, gt=0)
+    fetch_max_redirects: int = Field(5, ge=0, le=20)
+    fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    fetch_allow_networks: Annotated[
+        list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
+    ] = Field(default_factory=list)
+    # Image URLs fetched through this proxy (opt-in; the environment is never read for it).
+    # The SSRF rules still hold: the host is resolved and checked before anything is sent.
+    fetch_proxy: str = ""
+
+    # ---- The process: logs and shutdown ----
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # On SIGTERM: /readyz turns 503 at once; the listener closes after drain_delay_s (time
+    # for a load balancer to notice); streams in flight get shutdown_grace_s to finish.
+    drain_delay_s: float = Field(0.0, ge=0)
+    shutdown_grace_s: float = Field(30.0, ge=0)
 
     @field_validator("device", mode="before")
     @classmethod
@@ -192,10 +250,6 @@ class Settings(BaseSettings):
             if not _DEVICE_PATTERN.match(device):
                 raise ValueError(f"CLIP_PROXY_DEVICE: {device!r} is not auto, cpu, cuda or cuda:N")
         return value
-
-    # Request headers sent on to the upstream besides traceparent and tracestate
-    # (app/forward_headers.py); Authorization, Cookie and hop-by-hop headers never are.
-    forward_headers: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     @field_validator("forward_headers", mode="before")
     @classmethod
@@ -270,59 +324,6 @@ class Settings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("CLIP_PROXY_CACHE_URL must be empty or a redis:// URL")
         return value
-
-    # --- Feature cache, conversation memory, zero-shot labels (issue #6) ---
-    # In-process LRU of image vectors, bounded in bytes (about 3 KiB per image); 0 turns it off.
-    cache_memory_bytes: int = Field(256 * MiB, ge=0)
-    # Redis (CACHE_URL): entry lifetime, per-operation timeout, and the key prefix.
-    cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
-    cache_timeout_ms: float = Field(100.0, gt=0, le=10_000)
-    cache_key_prefix: str = "clip-proxy:"
-    # Inline prompt templates; placeholders {vector} {labels} {sha256} {width} {height}.
-    image_template: str = ImageTemplates.image
-    retained_image_template: str = ImageTemplates.retained
-    retained_ref_template: str = ImageTemplates.retained_ref
-    # Earlier images that keep their full vector (the most recent); older ones become
-    # retained_ref_template. -1: all of them.
-    max_retained_vectors: int = Field(-1, ge=-1)
-    # Zero-shot labels: the top k of a vocabulary (a file, one label per line; empty = the
-    # shipped COCO + scenes list), each label encoded as labels_prompt. 0 turns them off.
-    labels_top_k: int = Field(0, ge=0, le=100)
-    labels_vocabulary: str = ""
-    # Several prompts separated by "|" are an ensemble: a label's vector is the normalised
-    # mean of its prompts' vectors (CLIP's prompt ensembling).
-    labels_prompt: str = (
-        "a photo of a {label}.|a picture of a {label}.|a close-up photo of a {label}."
-        "|an image of a {label}."
-    )
-    # Labels scoring below this (softmax over the vocabulary) are left out; 0 keeps top k.
-    labels_min_score: float = Field(0.0, ge=0, le=1)
-
-    # --- Words beside the vector: OCR, tags, captions, presets (issue #14) ---
-    # seed: the seed's formats, byte for byte. describe: each image as text R1 can read.
-    # A request may choose with `X-Clip-Proxy-Preset` or `"clip_proxy": {"preset": ...}`.
-    prompt_preset: PromptPreset = PromptPreset.seed
-    # describe: the vector too (thousands of tokens per image that a stock R1 cannot read).
-    include_vector: bool = False
-    # describe: the tags, the top k of the label vocabulary scoring at least the minimum.
-    describe_tags_top_k: int = Field(5, ge=0, le=100)
-    describe_tags_min_score: float = Field(0.05, ge=0, le=1)
-    # OCR (RapidOCR, offline): its own pool beside CLIP; false: describe shows no text.
-    ocr_enabled: bool = True
-    ocr_max_chars: int = Field(2000, ge=0)
-    ocr_workers: int = Field(1, ge=1, le=64)
-    # onnxruntime threads per OCR worker.
-    ocr_threads: int = Field(2, ge=1, le=64)
-    # cuda needs onnxruntime-gpu installed in place of onnxruntime.
-    ocr_device: Literal["cpu", "cuda"] = "cpu"
-    ocr_queue_size: int = Field(64, ge=1, le=100_000)
-    ocr_timeout_s: float = Field(30.0, gt=0)
-    # Captions: a transformers image-to-text checkpoint (hub id or directory); empty = off.
-    caption_model: str = ""
-    caption_device: str = "auto"
-    caption_max_batch: int = Field(8, ge=1, le=256)
-    caption_queue_size: int = Field(64, ge=1, le=100_000)
-    caption_timeout_s: float = Field(60.0, gt=0)
 
     @field_validator("image_template", "retained_image_template", "retained_ref_template")
     @classmethod

@@ -129,8 +129,10 @@ class ChatService:
         *,
         dry_run: bool = False,
         preset: PromptPreset | None = None,
+        prompt_format: PromptFormat | None = None,
     ) -> ChatOutcome:
-        """`preset` is the request's header choice; the body's `clip_proxy.preset` wins."""
+        """`preset` and `prompt_format` are the request's header choices (the body's
+        `clip_proxy.preset` wins over the header); the settings decide otherwise."""
         options = request.clip_proxy
         preset = (options.preset if options else None) or preset or self._options.preset
         body = request.upstream_body()
@@ -147,7 +149,7 @@ class ChatService:
         body["messages"] = rewrite_messages(
             messages,
             images,
-            self._options.prompt_format,
+            prompt_format or self._options.prompt_format,
             self._options.templates,
             preset=preset,
             include_vector=self._options.include_vector,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import TypeVar
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -12,13 +15,16 @@ from app.api.openapi import request_body_schema
 from app.api.relay import RelayResponse
 from app.api.request_body import read_chat_request
 from app.errors import InvalidRequest
-from app.protocol import ChatCompletionRequest, PromptPreset
+from app.protocol import ChatCompletionRequest, PromptFormat, PromptPreset
 from app.service import DryRun, JsonReply
 
 router = APIRouter()
 
+Choice = TypeVar("Choice", bound=StrEnum)
+
 DRY_RUN_HEADER = "x-clip-proxy-dry-run"
 PRESET_HEADER = "x-clip-proxy-preset"
+FORMAT_HEADER = "x-clip-proxy-format"
 PROMPT_CHARS_HEADER = "X-Clip-Proxy-Prompt-Chars"
 # Intermediaries must neither cache nor buffer an event stream.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -36,12 +42,20 @@ async def chat_completions(request: Request) -> Response:
     service = services_of(request).chat
     chat, uploads = await read_chat_request(request, service.limits)
     dry_run = request.headers.get(DRY_RUN_HEADER, "").lower() in ("1", "true", "yes")
-    preset = preset_of(request.headers.get(PRESET_HEADER))
+    preset = choice_of(
+        PromptPreset, "X-Clip-Proxy-Preset", request.headers.get(PRESET_HEADER), "invalid_preset"
+    )
+    # The playground's format choice; a client library sets it per request the same way.
+    prompt_format = choice_of(
+        PromptFormat, "X-Clip-Proxy-Format", request.headers.get(FORMAT_HEADER), "invalid_format"
+    )
     try:
         # Until the upstream answers, nothing watches the client: this does.
         outcome = await unless_disconnected(
             request.receive,
-            service.complete(chat, uploads, dry_run=dry_run, preset=preset),
+            service.complete(
+                chat, uploads, dry_run=dry_run, preset=preset, prompt_format=prompt_format
+            ),
         )
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED)
@@ -58,16 +72,17 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
-def preset_of(header: str | None) -> PromptPreset | None:
-    """The preset a request asks for in `X-Clip-Proxy-Preset`, if any."""
-    if header is None or not header.strip():
+def choice_of(
+    kind: type[Choice], header: str, value: str | None, code: str
+) -> Choice | None:
+    """The value of a choice header (`X-Clip-Proxy-Preset`, `X-Clip-Proxy-Format`), if any;
+    a value that is not one of the choices is a 400 naming the header."""
+    if value is None or not value.strip():
         return None
     try:
-        return PromptPreset(header.strip().lower())
+        return kind(value.strip().lower())
     except ValueError:
-        choices = ", ".join(preset.value for preset in PromptPreset)
+        choices = ", ".join(choice.value for choice in kind)
         raise InvalidRequest(
-            f"X-Clip-Proxy-Preset: {header!r} is not one of {choices}",
-            param="X-Clip-Proxy-Preset",
-            code="invalid_preset",
+            f"{header}: {value!r} is not one of {choices}", param=header, code=code
         ) from None

@@ -171,6 +171,25 @@ def test_content_part_format(start_proxy, upstream: FakeUpstream) -> None:  # ty
     assert len(values) == 768 and all(re.fullmatch(r"-?\d\.\d{4}", v) for v in values)
 
 
+def test_format_chosen_per_request_by_header(proxy: ProxyServer, upstream: FakeUpstream) -> None:
+    """The playground's Format choice: `X-Clip-Proxy-Format` overrides PROMPT_FORMAT for one
+    request; a value that is not a format is a 400 naming the header."""
+    url = proxy.url + "/v1/chat/completions"
+    body = {"messages": [image_message("Describe", "camera.png")]}
+    parts = httpx.post(url, json=body, headers={"X-Clip-Proxy-Format": "content_part"}, timeout=60)
+    assert parts.status_code == 200, parts.text
+    sent = upstream.requests[-1].json["messages"][0]["content"]
+    assert [part["type"] for part in sent] == ["text", "image_embedding"]
+    inline = httpx.post(url, json=body, timeout=60)  # the server's default again
+    assert inline.status_code == 200
+    assert IMAGE_TAG.search(upstream.requests[-1].json["messages"][0]["content"])
+    bad = httpx.post(url, json=body, headers={"X-Clip-Proxy-Format": "xml"}, timeout=60)
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "X-Clip-Proxy-Format"
+    assert bad.json()["error"]["code"] == "invalid_format"
+    assert len(upstream.requests) == 2
+
+
 def test_default_model_is_filled_in(proxy: ProxyServer, upstream: FakeUpstream) -> None:
     httpx.post(
         proxy.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}

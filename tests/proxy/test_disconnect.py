@@ -29,7 +29,7 @@ HELLO = [{"role": "user", "content": "hello"}]
 @pytest.fixture(scope="module")
 def quiet_proxy(test_model_dir: Path, upstream: FakeUpstream) -> Iterator[ProxyServer]:
     """Pings off, so a silent stream stays silent and only the disconnect can end it."""
-    server = ProxyServer(proxy_settings(test_model_dir, upstream.base_url, ping_interval=0))
+    server = ProxyServer(proxy_settings(test_model_dir, upstream.base_url, ping_interval_s=0))
     server.start()
     yield server
     server.stop()

@@ -445,7 +445,7 @@ def test_keepalive_pings_while_the_model_thinks_are_ignored(
     start_proxy: Callable[..., ProxyServer],
     upstream: FakeUpstream,
 ) -> None:
-    server = start_proxy(ping_interval=0.1)
+    server = start_proxy(ping_interval_s=0.1)
     upstream.script(Reply(first_chunk_delay_s=0.8))  # headers, then silence: `: ping` comments
     page = playground(server)
     page.ask("Think first.")

@@ -296,7 +296,7 @@ def test_html_to_a_stream_request_is_a_bad_response(
 def test_pings_go_out_only_between_events(
     start_proxy: Callable[..., ProxyServer], upstream: FakeUpstream
 ) -> None:
-    proxy = start_proxy(ping_interval=1)
+    proxy = start_proxy(ping_interval_s=1)
     first_half = b'data: {"id": "c", "o'
     second_half = b'bject": "chat.completion.chunk", "choices": []}\n\n'
     upstream.script(

@@ -37,7 +37,7 @@ def fault_proxy(test_model_dir: Path, upstream: FakeUpstream) -> Iterator[ProxyS
         upstream.base_url,
         upstream_retry_base_s=0.05,
         upstream_read_timeout_s=1.0,
-        ping_interval=0,
+        ping_interval_s=0,
     )
     server = ProxyServer(settings).start()
     yield server
@@ -224,7 +224,7 @@ def test_upstream_keepalive_comments_pass_through(
 def test_pings_while_the_model_thinks(
     start_proxy: Callable[..., ProxyServer], upstream: FakeUpstream
 ) -> None:
-    proxy = start_proxy(ping_interval=0.2)
+    proxy = start_proxy(ping_interval_s=0.2)
     upstream.script(Reply(first_chunk_delay_s=1.0))
     with httpx.stream(
         "POST",

@@ -129,3 +129,15 @@ def test_describe_settings_refuse_bad_values() -> None:
     ):
         with pytest.raises(ValidationError):
             Settings(**bad)
+
+
+def test_a_renamed_setting_keeps_its_old_environment_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PING_INTERVAL became PING_INTERVAL_S (every duration names its unit); deployments
+    that set the old name keep working, the new name wins when both are set."""
+    monkeypatch.setenv("CLIP_PROXY_PING_INTERVAL", "3")
+    assert Settings().ping_interval_s == 3
+    monkeypatch.setenv("CLIP_PROXY_PING_INTERVAL_S", "4")
+    assert Settings().ping_interval_s == 4
+    assert Settings(ping_interval_s=2).ping_interval_s == 2
