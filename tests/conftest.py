@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.engine.pool import EncoderPool
 from app.engine.test_model import make_test_model
 from tests.helpers import DATA, PHOTOS, ProxyServer, proxy_settings
 from tests.upstream_server import FakeUpstream
@@ -92,3 +93,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if report.skipped and os.environ.get("CI") and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI, where it must run: {report.longrepr}"
+
+
+@pytest.fixture
+def make_encoder_pool() -> Iterator[Callable[..., EncoderPool]]:
+    """Started encoder pools over the given encoders (real or stand-ins), warm, stopped at
+    the end of the test. Batches close at 8 images or after 100 ms unless told otherwise."""
+    pools: list[EncoderPool] = []
+
+    def make(*encoders: Any, **options: Any) -> EncoderPool:
+        options.setdefault("max_batch", 8)
+        options.setdefault("max_wait_ms", 100)
+        pool = EncoderPool(list(encoders), **options)
+        pool.start()
+        pools.append(pool)
+        assert pool.wait_ready(30)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.stop()

@@ -12,7 +12,7 @@ import asyncio
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,21 +168,8 @@ def photo_pixels(encoder: ClipImageEncoder) -> dict[str, Pixels]:
 
 
 @pytest.fixture
-def make_pool() -> Iterator[Callable[..., EncoderPool]]:
-    pools: list[EncoderPool] = []
-
-    def make(*encoders: Any, **options: Any) -> EncoderPool:
-        options.setdefault("max_batch", 8)
-        options.setdefault("max_wait_ms", 100)
-        pool = EncoderPool(list(encoders), **options)
-        pool.start()
-        pools.append(pool)
-        assert pool.wait_ready(30)
-        return pool
-
-    yield make
-    for pool in pools:
-        pool.stop()
+def make_pool(make_encoder_pool: Callable[..., EncoderPool]) -> Callable[..., EncoderPool]:
+    return make_encoder_pool
 
 
 def poisoned(pixels: Pixels) -> Pixels:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -114,21 +114,17 @@ def photos(encoder: ClipImageEncoder) -> list[BytePixels]:
 
 
 @pytest.fixture
-def make_pool() -> Iterator[Callable[..., EncoderPool]]:
-    pools: list[EncoderPool] = []
+def make_pool(
+    make_encoder_pool: Callable[..., EncoderPool],
+) -> Callable[..., EncoderPool]:
+    """Pools that pipeline whatever their device (the CUDA path, run on the CPU)."""
 
     def make(*encoders: Any, **options: Any) -> EncoderPool:
         options.setdefault("max_batch", 4)
         options.setdefault("max_wait_ms", 50)
-        pool = EncoderPool(list(encoders), pipeline=True, **options)
-        pool.start()
-        pools.append(pool)
-        assert pool.wait_ready(30)
-        return pool
+        return make_encoder_pool(*encoders, pipeline=True, **options)
 
-    yield make
-    for pool in pools:
-        pool.stop()
+    return make
 
 
 def poisoned(pixels: BytePixels) -> BytePixels:
