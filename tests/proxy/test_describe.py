@@ -102,6 +102,8 @@ def test_words_in_a_screenshot_reach_the_upstream(
     assert content.startswith('What broke?\n<image index="1" width=')
     assert "Text in the image:" in content
     assert has_words(content, "ERROR:", "connection refused on port 5432", "retrying in 5")
+    # Word for word, spaces included: RapidOCR's tight crops ran English words together.
+    assert "connection refused on port 5432" in content, content
     assert "Looks like: " in content  # three tags from the label vocabulary
     assert content.endswith("</image>")
     assert not re.search(r"\d\.\d{6},", content)  # no vector unless INCLUDE_VECTOR
