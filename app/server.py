@@ -182,6 +182,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
 
+    def on_response_complete(self) -> None:
+        # Answered before its body arrived (a 401, a 503 shed, an early 413): uvicorn would
+        # keep the connection and drop the rest of the body as it trickles in, each read
+        # cancelling the keep-alive timer, while neither the head nor the body timer runs.
+        # A client without a key could hold the socket for ever; the connection ends here.
+        unfinished = self.cycle is not None and self.cycle.more_body
+        super().on_response_complete()
+        if unfinished and not self.transport.is_closing():
+            self.transport.close()
+
     def send_400_response(self, msg: str) -> None:
         if self._head_too_large:
             self._refuse(431, f"the request head is larger than {self.max_head_bytes} bytes")

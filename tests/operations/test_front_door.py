@@ -287,6 +287,38 @@ def test_memory_budget_bounds_peak_rss(serve: Any, send: Any) -> None:
     assert growth <= 4 * budget + 32 * MiB, f"peak RSS grew {growth / MiB:.0f} MiB"
 
 
+def test_a_refused_request_cannot_hold_its_connection_by_trickling_its_body(
+    serve: Any,
+) -> None:
+    """A 401 goes out before the body is read; the rest of the body must not keep the
+    connection open byte by byte (it would hold a file descriptor for ever)."""
+    served = serve(api_keys="sk-client", header_timeout_s=1, body_timeout_s=60)
+    sock = connect(served)
+    with sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 60000000\r\n\r\n{"
+        )
+        sock.settimeout(10)
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        closed_at = None
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError, socket.timeout):
+            while time.monotonic() - started < 8:
+                sock.sendall(b" ")
+                sock.settimeout(0.5)
+                try:
+                    if sock.recv(65536) == b"":
+                        closed_at = time.monotonic() - started
+                        break
+                except TimeoutError:
+                    continue
+        if closed_at is None:  # a reset or broken pipe ended the loop: closed as well
+            closed_at = time.monotonic() - started
+    assert closed_at < 5, f"the connection stayed open {closed_at:.1f} s"
+
+
 def test_a_body_larger_than_the_budget_is_413(serve: Any) -> None:
     served = serve(max_inflight_body_bytes=2 * MiB)
     response = post_data_url(served.url, noise_jpeg(1200, 1))  # 2.1 MiB as base64
