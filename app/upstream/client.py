@@ -93,6 +93,12 @@ def retry_after_s(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+# A failure this soon after sending, on a reused connection, is a stale connection.
+STALE_WINDOW_S = 1.0
+# The most of an upstream error body read (relayed, scrubbed, to the client).
+ERROR_BODY_MAX_BYTES = 64 * 1024
+
+
 class UpstreamClient:
     """One pooled, keep-alive HTTP client toward the OpenAI-compatible upstream."""
 
@@ -221,6 +227,7 @@ class UpstreamClient:
         session = self._session_now()
         attempt = Attempt()
         proxy = self.proxy
+        sent_at = time.monotonic()
         try:
             # The read timeout until the headers; past them, each body's SilenceWatch.
             async with asyncio.timeout(self._read_timeout_s):
@@ -240,7 +247,11 @@ class UpstreamClient:
             if is_tls_failure(exc):
                 logger.error("TLS with the upstream failed", extra={"error": error.message})
                 return error, None, ""
-            if stale_allowed and is_stale(exc, attempt):
+            # A connection the upstream closed while it idled fails on the first read. One
+            # that drops later (a middlebox's idle cut while a long answer is computed) may
+            # have reached the upstream: not sent again at once, and not for free.
+            quick = time.monotonic() - sent_at < STALE_WINDOW_S
+            if stale_allowed and quick and is_stale(exc, attempt):
                 return error, 0.0, STALE
             retryable = retry < self._retry.max_retries and is_retryable(exc)
             return error, self._retry.backoff_s(retry) if retryable else None, error.label
@@ -252,18 +263,23 @@ class UpstreamClient:
             release_slot=self._slots.release,
             max_body_bytes=self._max_body_bytes,
             read_timeout_s=self._read_timeout_s,
+            scrub=self._scrub_bytes,
         )
         if 200 <= raw.status < 300:
             return response, None, ""
         try:
-            error_body = await response.read()
-        except ProxyError:
+            # An error answer is a short message: capped, and read within one read timeout
+            # in all (a trickling error body would otherwise hold a connection slot).
+            async with asyncio.timeout(self._read_timeout_s):
+                error_body = await response.read(max_bytes=ERROR_BODY_MAX_BYTES)
+        except (ProxyError, TimeoutError):
+            await response.aclose()
             error_body = b""
         retry_after = raw.headers.get("Retry-After")
         content_type = raw.headers.get("Content-Type")
         status = UpstreamStatus(
             raw.status,
-            self._scrub_bytes(error_body),
+            error_body,  # scrubbed by `read`
             self._scrub(content_type) if content_type else None,
             retry_after=self._scrub(retry_after) if retry_after else None,
         )
@@ -292,7 +308,8 @@ class UpstreamClient:
             ) from None
 
     # The upstream key never reaches a client, whatever an upstream echoes back: the
-    # value is replaced in every error body and header relayed (`Bearer <key>` with it).
+    # value is replaced in every body read whole and every error header relayed
+    # (`Bearer <key>` with it). A stream is relayed as it comes, chunk by chunk.
     def _scrub(self, text: str) -> str:
         return text.replace(self._api_key, REDACTED) if self._api_key else text
 

@@ -51,8 +51,12 @@ class UpstreamResponse:
         release_slot: Callable[[], None],
         max_body_bytes: int,
         read_timeout_s: float,
+        scrub: Callable[[bytes], bytes] = lambda data: data,
     ) -> None:
         self._raw = raw
+        # What `read` hands on never carries the upstream key, whatever the upstream echoed
+        # (an error quoting the request, a debugging endpoint, a misconfigured base URL).
+        self._scrub = scrub
         self._release_slot = release_slot
         self._max_body_bytes = max_body_bytes
         self._silence = SilenceWatch(raw.content, read_timeout_s)
@@ -69,8 +73,10 @@ class UpstreamResponse:
     def media_type(self) -> str:
         return self._raw.headers.get("Content-Type", "application/json")
 
-    async def read(self) -> bytes:
-        """The whole body, decoded, at most `max_body_bytes` of it (a gzip bomb stops there)."""
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        """The whole body, decoded, at most `max_bytes` (default `max_body_bytes`) of it (a
+        gzip bomb stops there)."""
+        limit = self._max_body_bytes if max_bytes is None else max_bytes
         content = self._raw.content
         pieces: list[bytes] = []
         size = 0
@@ -84,9 +90,9 @@ class UpstreamResponse:
                     break
                 silence.heard()
                 size += len(chunk)
-                if size > self._max_body_bytes:
+                if size > limit:
                     raise UpstreamResponseTooLarge(
-                        f"the upstream's answer is larger than {self._max_body_bytes} bytes "
+                        f"the upstream's answer is larger than {limit} bytes "
                         "(CLIP_PROXY_UPSTREAM_MAX_BODY_BYTES)"
                     )
                 pieces.append(chunk)
@@ -95,7 +101,7 @@ class UpstreamResponse:
             raise translate(exc) from exc
         finally:
             await self.aclose()
-        return b"".join(pieces)
+        return self._scrub(b"".join(pieces))
 
     async def relay(self, meter: StreamMeter | None = None) -> AsyncIterator[bytes]:
         """The body as it arrives (whatever has arrived, in one piece), each chunk shown to

@@ -16,6 +16,7 @@ once, how the stream ended.
 
 from __future__ import annotations
 
+import collections
 import re
 import time
 from enum import StrEnum
@@ -47,21 +48,32 @@ class UsageReader:
 
     def __init__(self) -> None:
         self._previous = b""
-        self._kept: bytes | None = None
+        # From the first `"usage"` on, the latest chunks (at least 16 KiB of them), joined
+        # once at the end: OpenAI-style streams say `"usage": null` in every chunk, and
+        # re-slicing a bytes tail per chunk would copy 16 KiB for each.
+        self._tail: collections.deque[bytes] | None = None
+        self._tail_bytes = 0
 
     def feed(self, chunk: bytes) -> None:
-        if self._kept is not None:
-            self._kept = (self._kept + chunk)[-_USAGE_TAIL_BYTES:]
-        # The second search catches `"usage"` split across two chunks.
-        elif _USAGE in chunk or _USAGE in self._previous[-8:] + chunk[:8]:
-            self._kept = (self._previous + chunk)[-_USAGE_TAIL_BYTES:]
+        tail = self._tail
+        if tail is None:
+            # The second search catches `"usage"` split across two chunks.
+            if _USAGE not in chunk and _USAGE not in self._previous[-8:] + chunk[:8]:
+                self._previous = chunk
+                return
+            tail = self._tail = collections.deque([self._previous])
+            self._tail_bytes = len(self._previous)
+        tail.append(chunk)
+        self._tail_bytes += len(chunk)
+        while len(tail) > 1 and self._tail_bytes - len(tail[0]) >= _USAGE_TAIL_BYTES:
+            self._tail_bytes -= len(tail.popleft())
         self._previous = chunk
 
     def usage(self) -> dict[str, Any] | None:
-        if self._kept is None:
+        if self._tail is None:
             return None
         found = None
-        for line in self._kept.split(b"\n"):
+        for line in b"".join(self._tail).split(b"\n"):
             if not line.startswith(b"data:") or _USAGE not in line:
                 continue
             try:
