@@ -137,7 +137,10 @@ async def start_engine(
         startup.failure = failure
         return
     freeze_startup_objects()
-    await engine.wait_ready()
+    failure = await engine.wait_ready()
+    if failure is not None:
+        startup.failure = failure
+        return
     logger.info(
         "ready",
         extra={

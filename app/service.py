@@ -43,6 +43,9 @@ from app.upstream.client import UpstreamClient
 from app.upstream.response import UpstreamResponse
 from app.upstream.stream_meter import StreamMeter, count_tokens
 
+# The longest caption put in a prompt (a captioner writes one sentence).
+CAPTION_MAX_CHARS = 1000
+
 
 @dataclass(frozen=True)
 class DryRun:
@@ -236,7 +239,8 @@ class ChatService:
             labels=described.labels,
             tags=described.tags,
             ocr=None if ocr is None else clip_text(ocr, self._options.ocr_max_chars),
-            caption=described.caption,
+            # A sentence from the model; the cap holds whatever a cache entry says.
+            caption=clip_text(described.caption, CAPTION_MAX_CHARS),
         )
 
 

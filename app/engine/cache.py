@@ -70,6 +70,10 @@ class ImageEmbedding:
         return cls(sha256=sha256, vector=vector, width=width, height=height)
 
 
+# The largest OCR text or caption taken from a cache (bytes of UTF-8).
+MAX_WORDS_BYTES = 256 * 1024
+
+
 def namespace_of(model_identity: str, preprocess_version: int, dtype: str) -> str:
     """A short id for everything besides the image that decides the vector."""
     text = f"{model_identity}|preprocess={preprocess_version}|dtype={dtype}"
@@ -93,6 +97,8 @@ def check_embedding(embedding: ImageEmbedding, dim: int | None) -> None:
     vector = embedding.vector
     if dim is not None and vector.shape != (dim,):
         raise CacheCorrupt(f"a cached vector has {vector.size} values, the model makes {dim}")
+    if embedding.width < 1 or embedding.height < 1:
+        raise CacheCorrupt(f"a cached image size of {embedding.width}x{embedding.height}")
     if not np.isfinite(vector).all():
         raise CacheCorrupt("a cached vector holds values that are not finite")
     norm = float(np.linalg.norm(vector.astype(np.float64)))
@@ -399,6 +405,10 @@ class WordsCache(ContentCache[str]):
         return value.encode("utf-8")
 
     def _decode(self, sha256: str, value: bytes) -> str:
+        # Even a dense page of OCR text is a few KiB and a caption is a sentence: far past
+        # that, the entry was not written by a proxy (and must not be held or decoded).
+        if len(value) > MAX_WORDS_BYTES:
+            raise CacheCorrupt(f"a cached {self._kind} text of {len(value)} bytes")
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -249,14 +249,17 @@ class Engine:
             self._captions.start()
         return None
 
-    async def wait_ready(self) -> None:
-        """Until every model the settings ask for is warm (after a successful `start`)."""
+    async def wait_ready(self) -> str | None:
+        """Until every model the settings ask for is warm (after a successful `start`);
+        the reason when one of them failed to load and never will be."""
         # The CLIP pool warms each worker in its own thread: one waiting thread, not a poll.
         while not await asyncio.to_thread(self._images.wait_ready, 1.0):
             pass
         for words in (self._ocr, self._captions):  # when on; usually warm long before
             while words is not None and not await asyncio.to_thread(words.wait_ready, 1.0):
-                pass
+                if words.load_failed:  # logged by the pool with its cause
+                    return f"the {words.kind} model could not be loaded"
+        return None
 
     @property
     def dtype(self) -> str:
