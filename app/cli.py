@@ -139,14 +139,20 @@ def describe_invalid(exc: ValidationError) -> str:
 
 def _secrets(settings: Settings, *, upstream: bool = True) -> list[str]:
     """Values masked in every log line, whatever logged them: the upstream key, every client
-    key (those of API_KEYS_FILE included), and the passwords in CACHE_URL and the proxy URLs
+    key (those of API_KEYS_FILE included), and the passwords in the upstream, cache and proxy URLs
     (`upstream=False`: the client keys only)."""
     from urllib.parse import urlsplit
 
     if not upstream:
         return [key for key in settings.client_keys if key]
     passwords = []
-    for url in (settings.cache_url, settings.upstream_proxy, settings.fetch_proxy):
+    urls = (
+        settings.upstream_base_url,
+        settings.cache_url,
+        settings.upstream_proxy,
+        settings.fetch_proxy,
+    )
+    for url in urls:
         try:
             passwords.append(urlsplit(url).password or "")
         except ValueError:

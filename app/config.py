@@ -216,7 +216,6 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(256, ge=0)
 
     # ---- Fetching image URLs: private and loopback targets are refused unless allowed here ----
-    # Fetching image URLs: private and loopback targets are refused unless allowed here.
     fetch_timeout_s: float = Field(5.0, gt=0)
     fetch_max_redirects: int = Field(5, ge=0, le=20)
     fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
