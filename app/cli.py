@@ -71,7 +71,7 @@ def _serve(host: str, port: int, *, echo: bool = False) -> int:
     from app.config import ECHO_UPSTREAM, Settings
     from app.logging_setup import configure_logging
     from app.main import create_app
-    from app.server import DrainingServer, return_large_buffers_to_the_os, server_config
+    from app.runtime.server import DrainingServer, return_large_buffers_to_the_os, server_config
 
     try:
         settings = Settings(upstream_base_url=ECHO_UPSTREAM) if echo else Settings()

@@ -27,14 +27,14 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.forward_headers import NEVER_FORWARDED
-from app.protocol import PromptFormat, PromptPreset
-from app.rewrite import ImageTemplates, template_fields
+from app.prompt.protocol import PromptFormat, PromptPreset
+from app.prompt.rewrite import ImageTemplates, template_fields
+from app.upstream.forward_headers import NEVER_FORWARDED
 
 _DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
 MiB = 1024 * 1024
-# UPSTREAM_BASE_URL's value for the embedded upstream (app/echo_upstream.py).
+# UPSTREAM_BASE_URL's value for the embedded upstream (app/echo/upstream.py).
 ECHO_UPSTREAM = "echo"
 
 
@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     upstream_client_cert: Path | None = None
     upstream_client_key: Path | None = None
     # Request headers sent on to the upstream besides traceparent and tracestate
-    # (app/forward_headers.py); Authorization, Cookie and hop-by-hop headers never are.
+    # (app/upstream/forward_headers.py); Authorization, Cookie and hop-by-hop headers never are.
     forward_headers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # SSE comment sent while a stream has been silent this long (load balancers cut idle
     # connections at 60 s, and a reasoning model may think for minutes); 0 = off.

@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from app.request_context import current_request_id, note_error
+from app.observability.request_context import current_request_id, note_error
 
 
 class ProxyError(Exception):

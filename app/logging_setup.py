@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from app.request_context import current_request_id
+from app.observability.request_context import current_request_id
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`
 # (uvicorn's `color_message` is its message again, with terminal colour codes).

@@ -1,6 +1,6 @@
 """The composition root: `create_app(settings)` wires the components of one process
-(`app/components.py` builds them) into the ASGI app: routes, middleware, lifespan. Routes see
-only the services (`app/api/deps.py`).
+(`app/runtime/components.py` builds them) into the ASGI app: routes, middleware, lifespan.
+Routes see only the services (`app/api/deps.py`).
 
     app = create_app(Settings(upstream_base_url="http://127.0.0.1:9000/v1"))
 
@@ -30,12 +30,12 @@ from app.api.errors import install_error_handlers
 from app.api.json_response import JsonResponse
 from app.api.observe import RequestObserver
 from app.api.playground import playground_router
-from app.components import build_state, start_engine
 from app.config import Settings
-from app.echo_upstream import EchoUpstream
+from app.echo.upstream import EchoUpstream
 from app.engine.engine import Engine
-from app.lifecycle import Startup, refuse_worker_processes
 from app.metrics import Metrics
+from app.runtime.components import build_state, start_engine
+from app.runtime.lifecycle import Startup, refuse_worker_processes
 
 logger = logging.getLogger(__name__)
 

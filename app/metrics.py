@@ -250,7 +250,7 @@ class Metrics:
             registry=r,
         )
 
-        # The upstream, per chat completion (app/service.py, app/upstream/stream_meter.py).
+        # The upstream, per chat completion (app/services/chat.py, app/upstream/stream_meter.py).
         self.upstream_ttfb = Histogram(
             "clip_proxy_upstream_ttfb_seconds",
             "Time from sending a chat request upstream to its response headers",

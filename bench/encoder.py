@@ -47,7 +47,7 @@ from app.engine.clip import ClipImageEncoder, resolve_dtype
 from app.engine.pool import EncoderPool
 from app.engine.preprocess import PreprocessSpec, preprocess
 from app.engine.test_model import VIT_L14_VISION, make_test_model
-from app.ingest import ImageLimits, decode_image
+from app.ingest.sources import ImageLimits, decode_image
 from app.main import create_app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ Two measurements, each on real server processes on loopback (issue #13):
 
 `relay`: the relay's CPU per chunk with each way of bounding request heads, side by side in
 one run: uvicorn's stock httptools protocol (no bounds: the baseline), clip-proxy's
-`BoundedHttpToolsProtocol` (app/server.py), and uvicorn's h11 protocol with
+`BoundedHttpToolsProtocol` (app/runtime/server.py), and uvicorn's h11 protocol with
 `h11_max_incomplete_event_size`. Each runs as its own process (`front_door.py serve --http
 X`), all against one `sse_upstream.py`, loaded in turn by `loadgen.py` with streams of
 `--chunks` chunks at `--concurrency`, for `--rounds` interleaved rounds; CPU time is read
@@ -73,7 +73,7 @@ def machine() -> dict[str, Any]:
 def serve(http: str, port: int) -> None:
     from app.config import Settings
     from app.main import create_app
-    from app.server import DrainingServer, return_large_buffers_to_the_os, server_config
+    from app.runtime.server import DrainingServer, return_large_buffers_to_the_os, server_config
 
     return_large_buffers_to_the_os()  # as `clip-proxy serve` does
     settings = Settings()

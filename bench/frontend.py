@@ -59,7 +59,7 @@ from app.engine.preprocess import (
     resized_size,
 )
 from app.engine.test_model import VIT_L14_VISION, make_test_model
-from app.ingest import ImageLimits, decode_image, decode_image_at_least
+from app.ingest.sources import ImageLimits, decode_image, decode_image_at_least
 from tests.corpus import phone_photo, screenshot
 from tests.helpers import free_port
 

@@ -44,7 +44,7 @@ from app.engine.clip import ClipImageEncoder, gpu_jpeg_decoder
 from app.engine.pool import BatchReport, EncoderPool, PoolEvents
 from app.engine.preprocess import BytePixels, PreprocessSpec, normalise, preprocess_uint8
 from app.engine.test_model import VIT_L14_VISION, make_test_model
-from app.ingest import ImageLimits, decode_image, decode_image_at_least
+from app.ingest.sources import ImageLimits, decode_image, decode_image_at_least
 from tests.corpus import DATA, phone_photo
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png")
@@ -315,8 +315,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 def end_to_end(check: Check) -> dict[str, Any]:
     # Imported here: the pipeline needs redis and orjson, which a bare GPU image may lack.
     from app.engine.image_pipeline import ImagePipeline
-    from app.ingest import ImageSource, SourceKind
-    from app.safe_fetch import FetchPolicy, SafeFetcher
+    from app.ingest.fetch import FetchPolicy, SafeFetcher
+    from app.ingest.sources import ImageSource, SourceKind
 
     blobs = jpeg_corpus(check)["jpeg-1080p"]
     callers = 16 if check.smoke else 256

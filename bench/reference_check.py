@@ -21,7 +21,7 @@ from transformers import CLIPImageProcessorPil, CLIPModel
 from app.engine.clip import ClipImageEncoder
 from app.engine.preprocess import preprocess
 from app.engine.test_model import VIT_L14_VISION, make_test_model
-from app.ingest import ImageLimits, decode_image
+from app.ingest.sources import ImageLimits, decode_image
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = sorted((ROOT / "tests" / "data").glob("*.[pj]*g"))

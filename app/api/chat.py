@@ -15,8 +15,8 @@ from app.api.openapi import request_body_schema
 from app.api.relay import RelayResponse
 from app.api.request_body import read_chat_request
 from app.errors import InvalidRequest
-from app.protocol import ChatCompletionRequest, PromptFormat, PromptPreset
-from app.service import DryRun, JsonReply
+from app.prompt.protocol import ChatCompletionRequest, PromptFormat, PromptPreset
+from app.services.chat import DryRun, JsonReply
 
 router = APIRouter()
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from app.embeddings_service import EmbeddingsService
-from app.health_service import HealthService
-from app.models_service import ModelsService
-from app.service import ChatService
+from app.services.chat import ChatService
+from app.services.embeddings import EmbeddingsService
+from app.services.health import HealthService
+from app.services.models import ModelsService
 
 
 @dataclass(frozen=True)

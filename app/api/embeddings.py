@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from app.api.deps import services_of
 from app.api.json_response import JsonResponse
 from app.api.request_body import read_json_request
-from app.protocol import EmbeddingRequest
+from app.prompt.protocol import EmbeddingRequest
 
 router = APIRouter()
 

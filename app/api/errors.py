@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from app.api.json_response import JsonResponse
 from app.errors import ProxyError, error_body
-from app.request_context import note_error
+from app.observability.request_context import note_error
 
 INTERNAL_ERROR_MESSAGE = "internal error in clip-proxy"
 

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import internal_error_response
 from app.metrics import Metrics, status_class
-from app.request_context import RequestRecord, bound, new_request_id
+from app.observability.request_context import RequestRecord, bound, new_request_id
 
 logger = logging.getLogger("clip_proxy.access")
 

@@ -23,9 +23,9 @@ from starlette.formparsers import FormParser, MultiPartException, MultiPartParse
 from starlette.requests import Request
 
 from app.errors import InvalidRequest, PayloadTooLarge, TooManyImages
-from app.ingest import ImageSource, SourceKind
-from app.protocol import ChatCompletionRequest, validation_param
-from app.service import ChatLimits
+from app.ingest.sources import ImageSource, SourceKind
+from app.prompt.protocol import ChatCompletionRequest, validation_param
+from app.services.chat import ChatLimits
 
 IMAGE_FIELD = "image"
 # Request fields that are booleans: a form sends text, and `-F stream=True` means yes.

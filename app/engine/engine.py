@@ -52,10 +52,10 @@ from app.engine.text import ClipTextEncoder, load_logit_scale, model_identity
 from app.engine.text_pipeline import TextPipeline, Vectors
 from app.engine.workers import WorkerEvents, WorkerPool
 from app.errors import ProxyError
-from app.ingest import ImageLimits, ImageSource
+from app.ingest.fetch import SafeFetcher
+from app.ingest.sources import ImageLimits, ImageSource
 from app.metrics import MemoryReading, Metrics
-from app.request_context import note_stage
-from app.safe_fetch import SafeFetcher
+from app.observability.request_context import note_stage
 
 logger = logging.getLogger(__name__)
 

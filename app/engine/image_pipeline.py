@@ -34,7 +34,8 @@ from app.engine.cache import EmbeddingCache, ImageEmbedding
 from app.engine.pool import EncoderPool
 from app.engine.preprocess import BytePixels, Pixels, preprocess_uint8
 from app.errors import EngineNotReady, ProxyError
-from app.ingest import (
+from app.ingest.fetch import SafeFetcher
+from app.ingest.sources import (
     ImageLimits,
     ImageSource,
     decode_image,
@@ -43,8 +44,7 @@ from app.ingest import (
     read_image_source,
 )
 from app.metrics import Metrics
-from app.request_context import count_fact, note_stage
-from app.safe_fetch import SafeFetcher
+from app.observability.request_context import count_fact, note_stage
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ Only the crop is computed: Pillow resizes the source region under the crop strai
 `crop` x `crop` (its `box`), which gives the pixels of resize-then-crop without the
 columns a landscape photo loses. Large sources are first shrunk by an integer factor
 (`reduce`, a box filter) while at least `REDUCING_GAP` times the target remains, and a JPEG
-may arrive already scaled in the DCT domain (`app.ingest.decode_image_at_least`); both keep
+may arrive already scaled in the DCT domain (`app.ingest.sources.decode_image_at_least`); both keep
 the pixels within cosine 0.9999 of CLIPImageProcessor's (bench/results/frontend.md).
 
 The server keeps pixels as uint8 and normalises in the encoder, on the device: a quarter of

@@ -40,8 +40,8 @@ from app.errors import (
     UpstreamBadResponse,
     UpstreamStatus,
 )
-from app.forward_headers import forwarded_headers
-from app.request_context import current_request_headers, current_request_id
+from app.observability.request_context import current_request_headers, current_request_id
+from app.upstream.forward_headers import forwarded_headers
 from app.upstream.rate_limit import RateLimiter
 from app.upstream.response import UpstreamResponse
 from app.upstream.session import (

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from app.metrics import Metrics
-from app.request_context import note_fact
+from app.observability.request_context import note_fact
 
 # A non-empty `content` or `reasoning_content` string: the first token of text. The role
 # chunk R1 sends first (`"content": null, "reasoning_content": ""`) does not match.

@@ -26,7 +26,7 @@ import pytest
 from app.cli import _secrets as cli_secrets
 from app.config import Settings
 from app.logging_setup import JsonFormatter, Redactor
-from app.request_context import RequestRecord, bound
+from app.observability.request_context import RequestRecord, bound
 from tests.helpers import DATA, data_url, free_port
 from tests.upstream_server import FakeUpstream
 

@@ -12,7 +12,7 @@ import openai
 import pytest
 from PIL import Image
 
-from app.echo_upstream import account, received_images
+from app.echo.upstream import account, received_images
 from tests.helpers import DATA, DRY_RUN, ProxyServer, data_url, image_message
 
 CHAT = "/v1/chat/completions"

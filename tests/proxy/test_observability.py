@@ -18,8 +18,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from app.lifecycle import refuse_worker_processes
 from app.metrics import Metrics
+from app.runtime.lifecycle import refuse_worker_processes
 from tests.helpers import (
     DATA,
     ProxyServer,

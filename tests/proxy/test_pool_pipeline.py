@@ -26,8 +26,8 @@ from app.engine.image_pipeline import ImagePipeline
 from app.engine.pool import EncoderPool
 from app.engine.preprocess import BytePixels, Pixels, preprocess_uint8
 from app.errors import EncoderFailed, InvalidImage
-from app.ingest import ImageLimits, ImageSource, SourceKind, decode_image_at_least
-from app.safe_fetch import FetchPolicy, SafeFetcher
+from app.ingest.fetch import FetchPolicy, SafeFetcher
+from app.ingest.sources import ImageLimits, ImageSource, SourceKind, decode_image_at_least
 from tests.corpus import phone_photo
 from tests.helpers import DATA, DRY_RUN, PHOTOS, cosine, data_url, image_message, parse_vector
 

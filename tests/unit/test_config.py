@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.protocol import PromptFormat
+from app.prompt.protocol import PromptFormat
 
 
 def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,7 +116,7 @@ def test_every_setting_is_in_the_readme_table_and_nothing_else() -> None:
 
 
 def test_describe_settings_refuse_bad_values() -> None:
-    from app.protocol import PromptPreset
+    from app.prompt.protocol import PromptPreset
 
     assert Settings().prompt_preset is PromptPreset.seed  # today's output unless asked
     assert len(Settings().labels_prompt.split("|")) == 4  # an ensemble by default

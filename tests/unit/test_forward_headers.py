@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.forward_headers import forwarded_headers
+from app.upstream.forward_headers import forwarded_headers
 
 
 def raw(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:

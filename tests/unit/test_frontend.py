@@ -30,7 +30,7 @@ from app.engine.preprocess import (
     resized_size,
 )
 from app.errors import InvalidImage
-from app.ingest import ImageLimits, decode_image, decode_image_at_least, probe_image
+from app.ingest.sources import ImageLimits, decode_image, decode_image_at_least, probe_image
 from tests.corpus import phone_photo
 from tests.helpers import DATA, PHOTOS, cosine
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from app.errors import InvalidImage, PayloadTooLarge
-from app.ingest import ImageLimits, decode_data_url, decode_image
+from app.ingest.sources import ImageLimits, decode_data_url, decode_image
 from tests.helpers import DATA
 
 LIMITS = ImageLimits(max_bytes=20 * 1024 * 1024, max_pixels=40_000_000)
@@ -162,7 +162,7 @@ def test_mpo_decodes_its_primary_image() -> None:
 
 @pytest.mark.parametrize("fmt", ["HEIF", "AVIF", "MPO"])
 def test_phone_formats_decode_upright(fmt: str) -> None:
-    import pillow_heif  # noqa: F401  (app.ingest registered its opener; the test writes HEIC)
+    import pillow_heif  # noqa: F401  (app.ingest.sources registered its opener; the test writes HEIC)
 
     options: dict[str, object] = {"exif": rotated_exif()}
     if fmt == "MPO":

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from app.protocol import PromptFormat, UploadedImagePart
-from app.rewrite import ImageFacts, format_vector, rewrite_messages
+from app.prompt.protocol import PromptFormat, UploadedImagePart
+from app.prompt.rewrite import ImageFacts, format_vector, rewrite_messages
 
 
 def test_format_vector_writes_fixed_decimals() -> None:
@@ -104,8 +104,8 @@ def test_an_uploaded_image_part_is_rewritten_as_any_image() -> None:
 
 
 def test_describe_escapes_text_so_it_cannot_close_the_markup() -> None:
-    from app.protocol import PromptPreset
-    from app.rewrite import ImageFacts, describe_image, rewrite_messages
+    from app.prompt.protocol import PromptPreset
+    from app.prompt.rewrite import ImageFacts, describe_image, rewrite_messages
 
     facts = ImageFacts(
         vector="0.5,0.5",
@@ -136,7 +136,7 @@ def test_describe_escapes_text_so_it_cannot_close_the_markup() -> None:
 
 
 def test_describe_without_ocr_says_nothing_of_text_and_with_none_found_says_so() -> None:
-    from app.rewrite import ImageFacts, describe_image
+    from app.prompt.rewrite import ImageFacts, describe_image
 
     assert "Text in the image" not in describe_image(ImageFacts(vector="v", ocr=None))
     assert "Text in the image: none" in describe_image(ImageFacts(vector="v", ocr=""))
@@ -145,8 +145,8 @@ def test_describe_without_ocr_says_nothing_of_text_and_with_none_found_says_so()
 
 
 def test_describe_in_content_part_format_is_a_text_part() -> None:
-    from app.protocol import PromptPreset
-    from app.rewrite import ImageFacts, describe_image, rewrite_messages
+    from app.prompt.protocol import PromptPreset
+    from app.prompt.rewrite import ImageFacts, describe_image, rewrite_messages
 
     facts = ImageFacts(vector="0.5,0.5", width=2, height=1, ocr="hello", index=1)
     parts = [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.protocol import PromptFormat
-from app.rewrite import ImageFacts, ImageTemplates, rewrite_messages
+from app.prompt.protocol import PromptFormat
+from app.prompt.rewrite import ImageFacts, ImageTemplates, rewrite_messages
 
 
 def image_turn(text: str) -> dict[str, Any]:

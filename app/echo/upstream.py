@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.protocol import IMAGE_SIZES_HEADER
+from app.prompt.protocol import IMAGE_SIZES_HEADER
 
 PREFIX = "clip-proxy echo:"
 OWNER = "clip-proxy-echo"

@@ -16,14 +16,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from app.api.deps import Services
 from app.config import Settings
-from app.embeddings_service import EmbeddingsOptions, EmbeddingsService
 from app.engine.engine import Engine
-from app.health_service import HealthService
-from app.lifecycle import Startup, freeze_startup_objects
+from app.ingest.fetch import FetchPolicy, SafeFetcher
 from app.metrics import Metrics
-from app.models_service import ModelsService
-from app.safe_fetch import FetchPolicy, SafeFetcher
-from app.service import ChatLimits, ChatOptions, ChatService
+from app.runtime.lifecycle import Startup, freeze_startup_objects
+from app.services.chat import ChatLimits, ChatOptions, ChatService
+from app.services.embeddings import EmbeddingsOptions, EmbeddingsService
+from app.services.health import HealthService
+from app.services.models import ModelsService
 from app.upstream.client import RetryPolicy, UpstreamClient
 from app.upstream.rate_limit import RateLimiter
 from app.upstream.session import TlsOptions

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from app.protocol import PromptFormat, PromptPreset, is_image_part
+from app.prompt.protocol import PromptFormat, PromptPreset, is_image_part
 
 Location = tuple[int, int]  # (message index, part index)
 Message = dict[str, Any]

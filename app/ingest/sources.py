@@ -29,7 +29,7 @@ import pillow_heif
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from app.errors import InvalidImage, PayloadTooLarge
-from app.safe_fetch import SafeFetcher
+from app.ingest.fetch import SafeFetcher
 
 # iPhones write HEIC; Pillow reads AVIF itself, HEIF through pillow-heif's opener, which
 # applies the container's rotation on decode (and resets the EXIF orientation to match).

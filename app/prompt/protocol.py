@@ -24,20 +24,20 @@ from pydantic import (
     field_validator,
 )
 
-# Sent by the proxy only toward its embedded echo upstream (app/echo_upstream.py): each
+# Sent by the proxy only toward its embedded echo upstream (app/echo/upstream.py): each
 # image's pixel size, in order ("640x480,1024x768"), which the seed's prompt does not carry.
 IMAGE_SIZES_HEADER = "X-Clip-Proxy-Image-Sizes"
 
 
 class PromptFormat(StrEnum):
-    """How image vectors travel upstream (see `app.rewrite`)."""
+    """How image vectors travel upstream (see `app.prompt.rewrite`)."""
 
     inline = "inline"
     content_part = "content_part"
 
 
 class PromptPreset(StrEnum):
-    """What the upstream gets for each image (see `app.rewrite`)."""
+    """What the upstream gets for each image (see `app.prompt.rewrite`)."""
 
     seed = "seed"  # the seed's vector formats, byte for byte
     describe = "describe"  # words R1 can read: text in the image, tags, a caption

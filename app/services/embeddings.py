@@ -19,8 +19,8 @@ import numpy.typing as npt
 
 from app.engine.engine import Engine
 from app.errors import InvalidRequest, TooManyImages, first_proxy_error
-from app.ingest import ImageSource
-from app.protocol import EmbeddingRequest
+from app.ingest.sources import ImageSource
+from app.prompt.protocol import EmbeddingRequest
 
 _IMAGE_PREFIXES = ("data:", "http://", "https://")
 

@@ -18,9 +18,10 @@ import orjson
 
 from app.engine.engine import Engine, ImageDescription
 from app.errors import TooManyImages, UpstreamStatus, first_proxy_error
-from app.ingest import ImageSource
+from app.ingest.sources import ImageSource
 from app.metrics import Metrics
-from app.protocol import (
+from app.observability.request_context import note_stage
+from app.prompt.protocol import (
     IMAGE_SIZES_HEADER,
     ChatCompletionRequest,
     PromptFormat,
@@ -28,8 +29,7 @@ from app.protocol import (
     UploadedImagePart,
     is_image_part,
 )
-from app.request_context import note_stage
-from app.rewrite import (
+from app.prompt.rewrite import (
     ImageFacts,
     ImageTemplates,
     Location,

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import orjson
 
 from app.errors import NotFound, UpstreamStatus
-from app.service import JsonReply
+from app.services.chat import JsonReply
 from app.upstream.client import UpstreamClient
 
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from app.config import Settings
-    from app.lifecycle import Startup
+    from app.runtime.lifecycle import Startup
 
 logger = logging.getLogger(__name__)
 
