@@ -1,0 +1,444 @@
+"""OpenAI Responses (`POST /v1/responses`) <-> the internal Chat Completions request.
+
+    request = ResponsesRequest.model_validate(raw)
+    turn = to_chat(request, history=[])          # turn.body: a Chat Completions request
+    response = response_object(request, new_response_id(), time.time())
+    finish_json(response, upstream_answer_bytes) # output, usage, status filled in
+
+Input items become chat messages: `message` items (roles user, assistant, system, developer;
+`input_text`, `output_text`, `input_image`, `input_file` parts), `function_call` items become an
+assistant message's `tool_calls`, `function_call_output` items `tool` messages; `reasoning`
+items a client sends back are dropped (DeepSeek asks for reasoning not to be sent back).
+Images become `image_url` parts and files `file` parts, so the bridge treats them as on the
+chat route. What Chat Completions has no equivalent for (built-in tools, file ids) is a 400
+naming it. The streamed answer is translated by `app/dialects/responses_stream.py`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from app.errors import InvalidRequest, UpstreamBadResponse
+
+Message = dict[str, Any]
+
+# The most input items one request may carry (a long agent run has hundreds).
+MAX_INPUT_ITEMS = 4096
+ROLES = frozenset({"user", "assistant", "system", "developer"})
+# Chat Completions finish reasons that leave a response incomplete, and why (Responses' words).
+INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+class ResponsesRequest(BaseModel):
+    """The fields the proxy reads; anything else a client sends (include, truncation,
+    prompt_cache_key, service_tier, ...) has no Chat Completions equivalent and is ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    input: str | list[dict[str, Any]] = Field(default_factory=list)
+    instructions: str | None = None
+    stream: StrictBool | None = None
+    store: StrictBool | None = None
+    previous_response_id: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    clip_proxy: dict[str, Any] | None = None
+
+
+@dataclass
+class ChatTurn:
+    """One request in the internal form: the chat body to send, and the messages this turn
+    adds to the conversation (the stored history's continuation, instructions left out)."""
+
+    body: dict[str, Any]
+    messages: list[Message] = field(default_factory=list)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def new_response_id() -> str:
+    return new_id("resp")
+
+
+# ---- request -----------------------------------------------------------------------------
+
+
+def to_chat(request: ResponsesRequest, history: list[Message]) -> ChatTurn:
+    """The chat body for this request, continuing `history` (a stored conversation)."""
+    items = (
+        [{"type": "message", "role": "user", "content": request.input}]
+        if isinstance(request.input, str)
+        else request.input
+    )
+    if len(items) > MAX_INPUT_ITEMS:
+        raise InvalidRequest(
+            f"{len(items)} input items; the limit is {MAX_INPUT_ITEMS}", param="input"
+        )
+    turn_messages = input_messages(items)
+    messages: list[Message] = []
+    if request.instructions:
+        messages.append({"role": "system", "content": request.instructions})
+    messages += history + turn_messages
+    if not messages:
+        raise InvalidRequest("input is empty", param="input")
+    body: dict[str, Any] = {"messages": messages}
+    if request.model:
+        body["model"] = request.model
+    if request.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    simple = {
+        "max_tokens": request.max_output_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "parallel_tool_calls": request.parallel_tool_calls,
+        "metadata": request.metadata,
+        "user": request.user,
+    }
+    body.update({name: value for name, value in simple.items() if value is not None})
+    if request.tools:
+        body["tools"] = [chat_tool(tool, index) for index, tool in enumerate(request.tools)]
+    if request.tool_choice is not None:
+        body["tool_choice"] = chat_tool_choice(request.tool_choice)
+    if request.text and (response_format := chat_response_format(request.text)) is not None:
+        body["response_format"] = response_format
+    if request.reasoning and request.reasoning.get("effort"):
+        body["reasoning_effort"] = request.reasoning["effort"]
+    if request.clip_proxy is not None:
+        body["clip_proxy"] = request.clip_proxy
+    return ChatTurn(body, turn_messages)
+
+
+def input_messages(items: list[dict[str, Any]]) -> list[Message]:
+    messages: list[Message] = []
+    for index, item in enumerate(items):
+        param = f"input[{index}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest("an input item must be an object", param=param)
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind == "message":
+            messages.append(_message(item, param))
+        elif kind == "function_call":
+            call = {
+                "id": _string(item, "call_id", param),
+                "type": "function",
+                "function": {
+                    "name": _string(item, "name", param),
+                    "arguments": item.get("arguments") or "{}",
+                },
+            }
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            if isinstance(output, list):
+                output = "".join(part.get("text", "") for part in output if isinstance(part, dict))
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": _string(item, "call_id", param),
+                    "content": output if isinstance(output, str) else orjson.dumps(output).decode(),
+                }
+            )
+        elif kind == "reasoning":
+            continue  # DeepSeek asks for reasoning not to be sent back
+        else:
+            raise InvalidRequest(
+                f"input item type {kind!r} is not supported by this proxy",
+                param=f"{param}.type",
+                code="unsupported_input_item",
+            )
+    return messages
+
+
+def _message(item: dict[str, Any], param: str) -> Message:
+    role = item.get("role")
+    if role not in ROLES:
+        raise InvalidRequest(
+            f"role {role!r} is not one of {', '.join(sorted(ROLES))}", param=f"{param}.role"
+        )
+    # DeepSeek knows no developer role: it is OpenAI's newer name for system.
+    chat_role = "system" if role == "developer" else role
+    content = item.get("content")
+    if isinstance(content, str):
+        return {"role": chat_role, "content": content}
+    if not isinstance(content, list):
+        raise InvalidRequest("content must be a string or a list", param=f"{param}.content")
+    parts = [_part(part, f"{param}.content[{index}]") for index, part in enumerate(content)]
+    if chat_role != "user" and all(part["type"] == "text" for part in parts):
+        # Assistant and system messages take plain text upstream.
+        return {"role": chat_role, "content": "".join(part["text"] for part in parts)}
+    return {"role": chat_role, "content": parts}
+
+
+def _part(part: Any, param: str) -> dict[str, Any]:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind in ("input_text", "output_text", "text"):
+        return {"type": "text", "text": _string(part, "text", param)}
+    if kind == "refusal":
+        return {"type": "text", "text": _string(part, "refusal", param)}
+    if kind == "input_image":
+        url = part.get("image_url")
+        if not isinstance(url, str) or not url:
+            raise InvalidRequest(
+                "input_image needs image_url (a data URL or an http(s) URL); file_id is not "
+                "supported by this proxy",
+                param=f"{param}.image_url",
+            )
+        image: dict[str, Any] = {"url": url}
+        if part.get("detail"):
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    if kind == "input_file":
+        data = part.get("file_data")
+        if not isinstance(data, str) or not data:
+            raise InvalidRequest(
+                "input_file needs file_data (a data URL); file_id and file_url are not "
+                "supported by this proxy",
+                param=f"{param}.file_data",
+            )
+        document = {"file_data": data}
+        if part.get("filename"):
+            document["filename"] = part["filename"]
+        return {"type": "file", "file": document}
+    raise InvalidRequest(f"content part type {kind!r} is not supported", param=f"{param}.type")
+
+
+def _string(item: dict[str, Any], name: str, param: str) -> str:
+    value = item.get(name)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string", param=f"{param}.{name}")
+    return value
+
+
+def chat_tool(tool: dict[str, Any], index: int) -> dict[str, Any]:
+    kind = tool.get("type")
+    if kind != "function":
+        raise InvalidRequest(
+            f"tool type {kind!r} is a built-in tool the upstream cannot run; only function "
+            "tools are supported",
+            param=f"tools[{index}].type",
+            code="unsupported_tool",
+        )
+    function = {"name": _string(tool, "name", f"tools[{index}]")}
+    for name in ("description", "parameters", "strict"):
+        if tool.get(name) is not None:
+            function[name] = tool[name]
+    return {"type": "function", "function": function}
+
+
+def chat_tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(choice, str):
+        return choice
+    if choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise InvalidRequest(
+        f"tool_choice type {choice.get('type')!r} is not supported; use auto, none, required "
+        "or a function",
+        param="tool_choice",
+        code="unsupported_tool",
+    )
+
+
+def chat_response_format(text: dict[str, Any]) -> dict[str, Any] | None:
+    format_ = text.get("format")
+    if not isinstance(format_, dict) or format_.get("type") in (None, "text"):
+        return None
+    if format_["type"] == "json_object":
+        return {"type": "json_object"}
+    if format_["type"] == "json_schema":
+        schema = {
+            k: format_[k] for k in ("name", "schema", "strict", "description") if k in format_
+        }
+        return {"type": "json_schema", "json_schema": schema}
+    raise InvalidRequest(
+        f"text.format type {format_['type']!r} is not supported", param="text.format.type"
+    )
+
+
+# ---- answer ------------------------------------------------------------------------------
+
+
+def response_object(
+    request: ResponsesRequest, response_id: str, created_at: float, model: str
+) -> dict[str, Any]:
+    """The response as it starts (`in_progress`, no output): the stream's first events carry
+    it, and the answer fills it in."""
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(created_at),
+        "status": "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": request.instructions,
+        "max_output_tokens": request.max_output_tokens,
+        "model": request.model or model,
+        "output": [],
+        "parallel_tool_calls": (
+            True if request.parallel_tool_calls is None else request.parallel_tool_calls
+        ),
+        "previous_response_id": request.previous_response_id,
+        "reasoning": request.reasoning,
+        "store": request.store is not False,
+        "temperature": request.temperature,
+        "text": request.text or {"format": {"type": "text"}},
+        "tool_choice": request.tool_choice or "auto",
+        "tools": request.tools or [],
+        "top_p": request.top_p,
+        "usage": None,
+        "user": request.user,
+        "metadata": request.metadata or {},
+    }
+
+
+def reasoning_item(text: str, item_id: str | None = None) -> dict[str, Any]:
+    return {
+        "id": item_id or new_id("rs"),
+        "type": "reasoning",
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+        "status": "completed",
+    }
+
+
+def message_item(
+    text: str, item_id: str | None = None, status: str = "completed"
+) -> dict[str, Any]:
+    return {
+        "id": item_id or new_id("msg"),
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [output_text(text)],
+    }
+
+
+def output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def function_call_item(
+    call_id: str, name: str, arguments: str, item_id: str | None = None, status: str = "completed"
+) -> dict[str, Any]:
+    return {
+        "id": item_id or new_id("fc"),
+        "type": "function_call",
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+def usage_of(usage: Any) -> dict[str, Any] | None:
+    """Chat Completions usage in Responses' words."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = _int(usage.get("prompt_tokens"))
+    completion = _int(usage.get("completion_tokens"))
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    cached = _int(prompt_details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens"))
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {
+            "reasoning_tokens": _int(completion_details.get("reasoning_tokens"))
+        },
+        "total_tokens": _int(usage.get("total_tokens")) or prompt + completion,
+    }
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def finish(response: dict[str, Any], finish_reason: str | None) -> None:
+    """Set the status from the upstream's finish reason."""
+    reason = INCOMPLETE_REASONS.get(finish_reason or "")
+    if reason is None:
+        response["status"] = "completed"
+    else:
+        response["status"] = "incomplete"
+        response["incomplete_details"] = {"reason": reason}
+
+
+def finish_json(response: dict[str, Any], answer: bytes) -> None:
+    """Fill `response` from the upstream's Chat Completions JSON answer."""
+    try:
+        parsed = orjson.loads(answer)
+        choice = parsed["choices"][0]
+        message = choice.get("message") or {}
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        raise UpstreamBadResponse("the upstream's answer is not a chat completion") from None
+    output = response["output"]
+    reasoning = message.get("reasoning_content")
+    if isinstance(reasoning, str) and reasoning:
+        output.append(reasoning_item(reasoning))
+    content = message.get("content")
+    if isinstance(content, str) and content:
+        output.append(message_item(content))
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        output.append(
+            function_call_item(
+                str(call.get("id") or new_id("call")),
+                str(function.get("name") or ""),
+                str(function.get("arguments") or ""),
+            )
+        )
+    response["usage"] = usage_of(parsed.get("usage"))
+    finish(response, choice.get("finish_reason"))
+
+
+def assistant_messages(response: dict[str, Any]) -> list[Message]:
+    """The response's output as chat history for the next turn (reasoning left out)."""
+    text = "".join(
+        part.get("text", "")
+        for item in response["output"]
+        if item["type"] == "message"
+        for part in item["content"]
+    )
+    calls = [
+        {
+            "id": item["call_id"],
+            "type": "function",
+            "function": {"name": item["name"], "arguments": item["arguments"]},
+        }
+        for item in response["output"]
+        if item["type"] == "function_call"
+    ]
+    if not text and not calls:
+        return []
+    message: Message = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = calls
+    return [message]
+
+
+def failed(response: dict[str, Any], code: str, message: str) -> None:
+    """Mark `response` failed. `code` is one of Responses' error codes (server_error,
+    rate_limit_exceeded); the proxy's own code is in the message."""
+    response["status"] = "failed"
+    response["error"] = {"code": code, "message": message}
