@@ -140,7 +140,7 @@ def input_messages(items: list[dict[str, Any]]) -> list[Message]:
                 "type": "function",
                 "function": {
                     "name": _string(item, "name", param),
-                    "arguments": item.get("arguments") or "{}",
+                    "arguments": _arguments(item.get("arguments")),
                 },
             }
             last = messages[-1] if messages else None
@@ -172,7 +172,7 @@ def input_messages(items: list[dict[str, Any]]) -> list[Message]:
 
 def _message(item: dict[str, Any], param: str) -> Message:
     role = item.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise InvalidRequest(
             f"role {role!r} is not one of {', '.join(sorted(ROLES))}", param=f"{param}.role"
         )
@@ -221,6 +221,12 @@ def _part(part: Any, param: str) -> dict[str, Any]:
             document["filename"] = part["filename"]
         return {"type": "file", "file": document}
     raise InvalidRequest(f"content part type {kind!r} is not supported", param=f"{param}.type")
+
+
+def _arguments(value: Any) -> str:
+    if isinstance(value, str):
+        return value or "{}"
+    return orjson.dumps(value or {}).decode()
 
 
 def _string(item: dict[str, Any], name: str, param: str) -> str:
