@@ -153,7 +153,10 @@ class ResponseStore:
             record = StoredResponse.from_bytes(value)
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return None
-        return record if hmac.compare_digest(record.owner, owner) else None
+        if not isinstance(record.owner, str):
+            return None
+        mine = hmac.compare_digest(record.owner.encode(), owner.encode())
+        return record if mine else None
 
     async def delete(self, response_id: str, *, owner: str) -> bool:
         if await self.get(response_id, owner=owner) is None:

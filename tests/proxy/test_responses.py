@@ -521,3 +521,17 @@ def test_metrics_carry_the_dialect(proxy: ProxyServer, upstream: FakeUpstream) -
         proxy.url, "clip_proxy_requests_total", route="/v1/responses", dialect="responses"
     )
     assert requests >= 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_error_status_is_relayed_in_openai_shape(
+    proxy: ProxyServer, upstream: FakeUpstream, stream: bool
+) -> None:
+    refusal = {"error": {"message": "model busy", "type": "invalid_request_error",
+                         "param": None, "code": "busy"}}  # fmt: skip
+    upstream.script(Reply(status=400, body=refusal))
+    with pytest.raises(openai.BadRequestError) as caught:
+        client_of(proxy).responses.create(
+            model="deepseek-r1", input="Hi", stream=stream, store=False
+        )
+    assert caught.value.body == refusal["error"]
