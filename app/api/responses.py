@@ -230,7 +230,8 @@ async def delete_response(request: Request, response_id: str) -> Response:
 
 async def _stored(request: Request, response_id: str) -> StoredResponse:
     store = services_of(request).responses
-    record = await store.get(response_id, owner=key_digest(bearer_token(request.scope)))
+    owner = key_digest(bearer_token(request.scope))
+    record = await store.get(response_id, owner=owner, with_messages=False)
     if record is None:
         raise _not_found(response_id)
     return record

@@ -9,16 +9,25 @@ digest (never the key), and a read with another key finds nothing, exactly as an
     await store.put(record)
     record = await store.get(response_id, owner=key_digest(token))   # None: unknown or not yours
 
+Images and files in the stored conversation (data URLs, megabytes each) are kept once per
+owner as blobs beside the records (`{prefix}blob:{sha256 of owner and URL}`), and a record
+holds a reference (`clip-proxy-stored:<digest>`): every turn of a conversation stores its whole
+history, which would otherwise repeat each image once per turn. Every put renews the blobs it
+references, so a blob lives as long as the newest record that needs it. Only records this
+store wrote are ever inflated: a reference a client writes in a request is just an unknown URL.
+
 Unlike the image cache, a failing store is an error the client sees (503): a conversation that
 silently forgot its previous turn would answer something else.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +38,9 @@ from redis.exceptions import RedisError
 from app.errors import Overloaded
 
 KEY_PREFIX = "clip-proxy:responses:"  # under the cache's key prefix (CACHE_KEY_PREFIX)
+BLOB_REF = "clip-proxy-stored:"
+# Data URLs at least this long are kept as blobs (a tiny icon stays inline).
+MIN_BLOB_CHARS = 1024
 
 
 def key_digest(token: str | None) -> str:
@@ -143,9 +155,39 @@ class ResponseStore:
         return cls(backend, ttl_s=ttl_s, enabled=enabled, prefix=prefix)
 
     async def put(self, record: StoredResponse) -> None:
-        await self._call(self._backend.set(self._prefix + record.id, record.to_bytes(), self.ttl_s))
+        messages = copy.deepcopy(record.messages)  # the strings themselves are not copied
+        blobs: dict[str, str] = {}
+        for holder, key in _data_urls(messages):
+            value = holder[key]
+            if len(value) >= MIN_BLOB_CHARS:
+                digest = hashlib.sha256(f"{record.owner}\0{value}".encode()).hexdigest()
+                blobs[digest] = value
+                holder[key] = BLOB_REF + digest
+        for digest, value in blobs.items():
+            await self._call(
+                self._backend.set(self._prefix + "blob:" + digest, value.encode(), self.ttl_s)
+            )
+        stored = StoredResponse(record.response, messages, record.owner)
+        await self._call(self._backend.set(self._prefix + record.id, stored.to_bytes(), self.ttl_s))
 
-    async def get(self, response_id: str, *, owner: str) -> StoredResponse | None:
+    async def get(
+        self, response_id: str, *, owner: str, with_messages: bool = True
+    ) -> StoredResponse | None:
+        """The record, if `owner` made it; `with_messages` puts its images back in (a record
+        whose images have expired or been evicted is gone too)."""
+        record = await self._record(response_id, owner)
+        if record is None or not with_messages:
+            return record
+        for holder, key in _data_urls(record.messages, BLOB_REF):
+            blob = await self._call(
+                self._backend.get(self._prefix + "blob:" + holder[key][len(BLOB_REF) :])
+            )
+            if blob is None:
+                return None
+            holder[key] = blob.decode()
+        return record
+
+    async def _record(self, response_id: str, owner: str) -> StoredResponse | None:
         value = await self._call(self._backend.get(self._prefix + response_id))
         if value is None:
             return None
@@ -159,7 +201,9 @@ class ResponseStore:
         return record if mine else None
 
     async def delete(self, response_id: str, *, owner: str) -> bool:
-        if await self.get(response_id, owner=owner) is None:
+        """Remove the record; the blobs it referenced leave with their TTL (a later turn of
+        the same conversation may still hold them)."""
+        if await self._record(response_id, owner) is None:
             return False
         await self._call(self._backend.delete(self._prefix + response_id))
         return True
@@ -174,3 +218,27 @@ class ResponseStore:
             raise Overloaded(
                 "the response store is unavailable", code="response_store_unavailable"
             ) from exc
+
+
+def _data_urls(
+    messages: list[dict[str, Any]], prefix: str = "data:"
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """(the dict, its key) of every image URL and file data starting with `prefix`."""
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            kind = part.get("type")
+            holder, key = (
+                (part.get("image_url"), "url")
+                if kind == "image_url"
+                else (part.get("file"), "file_data")
+            )
+            if not isinstance(holder, dict):
+                continue
+            value = holder.get(key)
+            if isinstance(value, str) and value.startswith(prefix):
+                yield holder, key

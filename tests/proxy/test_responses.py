@@ -535,3 +535,20 @@ def test_an_upstream_error_status_is_relayed_in_openai_shape(
             model="deepseek-r1", input="Hi", stream=stream, store=False
         )
     assert caught.value.body == refusal["error"]
+
+
+def test_a_stored_image_reference_from_a_client_is_just_a_bad_url(
+    proxy: ProxyServer, upstream: FakeUpstream
+) -> None:
+    client = client_of(proxy)
+    client.responses.create(model="deepseek-r1", input=image_input())  # stores a blob
+    forged: Any = [
+        {
+            "role": "user",
+            "content": [{"type": "input_image", "image_url": "clip-proxy-stored:" + "0" * 64}],
+        }
+    ]
+    asked = len(upstream.requests)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="deepseek-r1", input=forged, store=False)
+    assert len(upstream.requests) == asked

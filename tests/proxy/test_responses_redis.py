@@ -7,12 +7,13 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import openai
 import pytest
 import redis
 
-from tests.helpers import ProxyServer
+from tests.helpers import DATA, ProxyServer, data_url
 from tests.upstream_server import FakeUpstream
 
 # db 13: this module's own on the shared Redis, apart from the other tests'.
@@ -32,6 +33,17 @@ def prefix() -> Iterator[str]:
     client.close()
 
 
+PICTURE: Any = [
+    {
+        "role": "user",
+        "content": [
+            {"type": "input_text", "text": "What is this?"},
+            {"type": "input_image", "image_url": data_url(DATA / "chelsea.png")},
+        ],
+    }
+]
+
+
 def sdk(proxy: ProxyServer, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=proxy.url + "/v1", api_key=key, max_retries=0, timeout=30)
 
@@ -46,18 +58,23 @@ def test_two_replicas_share_stored_responses(
         "responses_ttl_s": 60,
     }
     one, two = start_proxy(**settings), start_proxy(**settings)
-    first = sdk(one, "key-alice").responses.create(model="deepseek-r1", input="Hello")
+    first = sdk(one, "key-alice").responses.create(model="deepseek-r1", input=PICTURE)
 
-    # The record: the response and its conversation, owned by a digest, under the prefix.
+    # The record: the response and its conversation, owned by a digest, under the prefix;
+    # the picture is a blob beside it, referenced from the record.
     client = redis.Redis.from_url(REDIS_URL)
     try:
         stored = client.get(f"{prefix}responses:{first.id}")
         ttl = client.ttl(f"{prefix}responses:{first.id}")
+        blobs = list(client.scan_iter(match=f"{prefix}responses:blob:*"))
+        blob = client.get(blobs[0]) if blobs else None
     finally:
         client.close()
     assert stored is not None
     assert b"key-alice" not in stored
+    assert b"base64" not in stored and b"clip-proxy-stored:" in stored
     assert 0 < ttl <= 60
+    assert len(blobs) == 1 and blob == PICTURE[0]["content"][1]["image_url"].encode()
 
     alice_two = sdk(two, "key-alice")
     assert alice_two.responses.retrieve(first.id).output_text == "A cat on a sofa."
@@ -66,11 +83,18 @@ def test_two_replicas_share_stored_responses(
     ) as stream:
         second = stream.get_final_response()
     sent = upstream.requests[-1].json["messages"]
-    assert sent == [
-        {"role": "user", "content": "Hello"},
+    assert [message["role"] for message in sent] == ["user", "assistant", "user"]
+    # The picture of the first turn, read back from the blob, is the seed's retained vector.
+    assert sent[0]["content"].startswith("What is this?\n<retain_image_emb>")
+    assert sent[1:] == [
         {"role": "assistant", "content": "A cat on a sofa."},
         {"role": "user", "content": "And then?"},
     ]
+    client = redis.Redis.from_url(REDIS_URL)
+    try:  # the second turn's record repeats the picture's reference, not the picture
+        assert len(list(client.scan_iter(match=f"{prefix}responses:blob:*"))) == 1
+    finally:
+        client.close()
     assert sdk(one, "key-alice").responses.retrieve(second.id).id == second.id
 
     bob = sdk(two, "key-bob")
