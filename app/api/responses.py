@@ -169,6 +169,7 @@ async def create_response(request: Request) -> Response:
     if isinstance(outcome, DryRun):
         return JsonResponse(outcome.body, headers={PROMPT_CHARS_HEADER: str(outcome.prompt_chars)})
     response = response_object(body, new_response_id(), time.time(), service.default_model)
+    response["store"] = storing  # false also when the operator keeps nothing
     conversation = history + turn.messages
     if isinstance(outcome, JsonReply):
         finish_json(response, outcome.body)

@@ -505,6 +505,7 @@ def test_store_disabled_refuses_state(start_proxy: Any, upstream: FakeUpstream) 
     assert caught.value.body["code"] == "store_disabled"
     # Without an explicit `store: true` the request is answered and nothing is kept.
     response = client.responses.create(model="deepseek-r1", input="Hi")
+    assert response.model_dump()["store"] is False
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(response.id)
 
