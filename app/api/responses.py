@@ -35,13 +35,12 @@ from app.api.json_response import JsonResponse
 from app.api.relay import RelayResponse
 from app.api.request_body import parse_json, read_body, validate_body
 from app.dialects import RESPONSES
-from app.dialects.responses import (
-    ResponsesRequest,
+from app.dialects.responses import ResponsesRequest, to_chat
+from app.dialects.responses_output import (
     assistant_messages,
     finish_json,
     new_response_id,
     response_object,
-    to_chat,
 )
 from app.dialects.responses_stream import ResponsesStream
 from app.errors import InvalidRequest, NotFound, ProxyError

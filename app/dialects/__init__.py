@@ -2,7 +2,8 @@
 Chat Completions request and the upstream's Chat Completions answers back into its own format.
 
     chat.py        Chat Completions: the identity (relayed byte for byte)
-    responses.py   OpenAI Responses: requests and JSON answers; responses_stream.py its events
+    responses.py   OpenAI Responses: requests into the internal chat request;
+                   responses_output.py the `response` object; responses_stream.py its events
 
 Pure translation: nothing here does I/O or knows the services, the engine or the upstream.
 """

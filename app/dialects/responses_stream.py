@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from app.dialects.responses import (
+from app.dialects.responses_output import (
     finish,
     function_call_item,
     message_item,

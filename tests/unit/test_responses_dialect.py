@@ -11,7 +11,8 @@ import pytest
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from app.dialects.responses import ResponsesRequest, response_object
+from app.dialects.responses import ResponsesRequest
+from app.dialects.responses_output import response_object
 from app.dialects.responses_stream import ResponsesStream
 from tests.upstream_server import chunk_event, r1_events, stream_events, tool_call_events
 
