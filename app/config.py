@@ -186,6 +186,11 @@ class Settings(BaseSettings):
     cache_timeout_ms: float = Field(100.0, gt=0, le=10_000)
     cache_key_prefix: str = "clip-proxy:"
 
+    # ---- Stored responses (/v1/responses `store`), in the cache's Redis when CACHE_URL is set ----
+    # false: `store: true` and `previous_response_id` are refused (400); nothing is kept.
+    responses_store: bool = True
+    responses_ttl_s: int = Field(24 * 3600, ge=1)
+
     # ---- Clients: keys and what is open to them ----
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     # A file of client keys, one per line ('#' comments), read at start-up with API_KEYS.

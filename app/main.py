@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import chat, embeddings, health, models
+from app.api import chat, embeddings, health, models, responses
 from app.api.admission import Admission, AdmissionMiddleware
 from app.api.auth import ClientAuthMiddleware, key_digests
 from app.api.body_limit import BodyBudget, BodyLimitMiddleware
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.engine.aclose()
             await state.upstream.aclose()
             await state.fetcher.aclose()
+            await state.services.responses.aclose()
             if echo is not None:
                 await asyncio.to_thread(echo.stop)
 
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.include_router(chat.router)
+    app.include_router(responses.router)
     app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(health.router)

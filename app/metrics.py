@@ -119,7 +119,7 @@ class Metrics:
         self.request_duration = Histogram(
             "clip_proxy_request_duration_seconds",
             "Time from request received to response finished",
-            ["route", "status"],
+            ["route", "status", "dialect"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -209,7 +209,10 @@ class Metrics:
         # Requests, as the HTTP edge sees them (app/api/observe.py). `route` is the route
         # template ("/v1/chat/completions", "unmatched"), `status` the class ("2xx").
         self.requests = Counter(
-            "clip_proxy_requests", "HTTP requests answered", ["route", "status"], registry=r
+            "clip_proxy_requests",
+            "HTTP requests answered",
+            ["route", "status", "dialect"],
+            registry=r,
         )
         self.requests_in_flight = Gauge(
             "clip_proxy_requests_in_flight",
@@ -274,8 +277,8 @@ class Metrics:
             "clip_proxy_stream_duration_seconds",
             "Time a relayed stream lasts, from the upstream's headers to its end, by outcome "
             "(complete: data: [DONE] arrived; truncated: the upstream cut it; error: the "
-            "upstream went silent; cancelled: the client left)",
-            ["outcome"],
+            "upstream went silent; cancelled: the client left) and the client's dialect",
+            ["outcome", "dialect"],
             buckets=_LONG_BUCKETS,
             registry=r,
         )

@@ -29,6 +29,9 @@ import orjson
 import uvloop
 
 STAMP = re.compile(rb"@t=(\d+);")
+# `--count-events PREFIX`: only events that start with it count as content chunks (a
+# Responses stream repeats the whole text in its `.done` and `response.completed` events).
+COUNTED_EVENTS: bytes | None = None
 
 
 @dataclass
@@ -140,6 +143,11 @@ class ClientProtocol(asyncio.Protocol):
         end = boundary + 2 if self.chunked else len(self.events)
         complete = bytes(self.events[:end])
         del self.events[:end]
+        if COUNTED_EVENTS is not None and self.result.status == 200:
+            counted = COUNTED_EVENTS
+            complete = b"\n\n".join(
+                event for event in complete.split(b"\n\n") if event.startswith(counted)
+            )
         result = self.result
         for stamp in STAMP.findall(complete):
             if result.ttfc_ns < 0:
@@ -237,7 +245,10 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--stagger-s", type=float, default=1.0)
     parser.add_argument("--out", type=Path, required=True, help="where the JSON results go")
+    parser.add_argument("--count-events", help="count only events starting with this")
     args = parser.parse_args()
+    global COUNTED_EVENTS
+    COUNTED_EVENTS = args.count_events.encode() if args.count_events else None
     results = uvloop.run(run(args, Path(args.body_file).read_bytes()))
     args.out.write_bytes(orjson.dumps(results))
 

@@ -18,6 +18,15 @@ per chunk, and the proxy's CPU time; added latency and throughput are relative t
     python -m bench.proxy                      # writes bench/results/proxy.{json,md,png}
     python -m bench.proxy --skip-litellm --duration-s 3
 
+`--responses` adds the Responses dialect beside Chat Completions, on the same clip-proxy
+process in the same run: at each `--concurrency`, a streamed text cell on
+/v1/chat/completions and the same request on /v1/responses (translated into typed events),
+alternated `--responses-rounds` times; it reports the proxy's CPU per relayed chunk of each
+and their ratio (target <= 2.5x), and the added time to the first content event at c=1
+(target <= 1 ms over Chat Completions), in bench/results/responses.{json,md}:
+
+    python -m bench.proxy --skip-litellm --kinds text --concurrency 1 50 --responses
+
 `--baseline DIR` adds a fourth path, `clip-proxy-baseline`: the same proxy run from another
 checkout (say a git worktree at the previous release), in the same run, so a change's cost
 is measured side by side (`--kinds text` keeps the run short):
@@ -220,7 +229,12 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def run_cell(
-    port: int, body_file: Path, concurrency: int, duration_s: float, pid: int | None
+    port: int,
+    body_file: Path,
+    concurrency: int,
+    duration_s: float,
+    pid: int | None,
+    path: str = "/v1/chat/completions",
 ) -> dict[str, Any]:
     out = WORK / "cell.json"
     command = [
@@ -228,6 +242,9 @@ def run_cell(
         str(BENCH / "loadgen.py"),
         "--port",
         str(port),
+        "--path",
+        path,
+        *(["--count-events", "event: response.output_text.delta"] if "responses" in path else []),
         "--body-file",
         str(body_file),
         "--concurrency",
@@ -308,12 +325,121 @@ def write_bodies() -> dict[str, Path]:
         "text": {"model": "deepseek-r1", "messages": text, "stream": True},
         "image": {"model": "deepseek-r1", "messages": image, "stream": True},
         "text-json": {"model": "deepseek-r1", "messages": text, "stream": False},
+        # The same text stream in the Responses dialect (store: false, as the chat cell keeps
+        # nothing either).
+        "responses": {
+            "model": "deepseek-r1",
+            "input": "Say something long.",
+            "stream": True,
+            "store": False,
+        },
     }
     files = {}
     for name, body in bodies.items():
         files[name] = WORK / f"body-{name}.json"
         files[name].write_bytes(orjson.dumps(body))
     return files
+
+
+def compare_dialects(
+    port: int,
+    pid: int,
+    bodies: dict[str, Path],
+    levels: list[int],
+    duration_s: float,
+    rounds: int,
+) -> dict[str, Any]:
+    """Chat Completions and Responses cells on one proxy, alternated `rounds` times per
+    concurrency so both see the same machine; CPU per chunk and TTFC p50 averaged."""
+    post_to(port, "/v1/responses", bodies["responses"].read_bytes())  # warm the route
+    compared: dict[str, Any] = {}
+    for concurrency in levels:
+        runs: dict[str, list[dict[str, Any]]] = {"chat": [], "responses": []}
+        duration = duration_s * (2 if concurrency == 1 else 1)
+        for _ in range(rounds):
+            for dialect, body, path in (
+                ("chat", bodies["text"], "/v1/chat/completions"),
+                ("responses", bodies["responses"], "/v1/responses"),
+            ):
+                print(f"dialect {dialect:9} c={concurrency:<4} ...", end=" ", flush=True)
+                cell = run_cell(port, body, concurrency, duration, pid, path)
+                runs[dialect].append(cell)
+                print(
+                    f"ttfc p50 {cell['ttfc_ms']['p50']} ms, "
+                    f"CPU {cell['proxy_cpu_us_per_chunk']} us/chunk, errors {cell['errors']}",
+                    flush=True,
+                )
+        summary = {dialect: _mean_cells(cells) for dialect, cells in runs.items()}
+        chat, responses = summary["chat"], summary["responses"]
+        compared[f"c={concurrency}"] = {
+            "runs": runs,
+            **summary,
+            "cpu_ratio": responses["cpu_us_per_chunk"] / chat["cpu_us_per_chunk"]
+            if chat["cpu_us_per_chunk"] and responses["cpu_us_per_chunk"]
+            else None,
+            "added_ttfc_ms_p50": responses["ttfc_ms_p50"] - chat["ttfc_ms_p50"]
+            if chat["ttfc_ms_p50"] is not None and responses["ttfc_ms_p50"] is not None
+            else None,
+        }
+    return compared
+
+
+def _mean_cells(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    def mean(values: list[float | None]) -> float | None:
+        found = [value for value in values if value is not None]
+        return sum(found) / len(found) if found else None
+
+    return {
+        "cpu_us_per_chunk": mean([cell["proxy_cpu_us_per_chunk"] for cell in cells]),
+        "ttfc_ms_p50": mean([cell["ttfc_ms"]["p50"] for cell in cells]),
+        "ttfc_ms_p99": mean([cell["ttfc_ms"]["p99"] for cell in cells]),
+        "gap_ms_p99": mean([cell["gap_ms"]["p99"] for cell in cells]),
+        "chunks": sum(cell["chunks"] for cell in cells),
+        "errors": sum(cell["errors"] for cell in cells),
+    }
+
+
+def write_dialects_markdown(results: dict[str, Any], path: Path) -> None:
+    def fmt(value: float | None, digits: int = 2) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "# The Responses dialect beside Chat Completions (one proxy, one run)",
+        "",
+        f"Command: `{results['command']}` at commit {results['commit']}; "
+        f"{results['machine']['cpus']} CPU cores shared with other work (load at start "
+        f"{results['machine']['load_avg_at_start'][0]:.2f}); upstream "
+        f"{results['upstream']['chunks']} content chunks {results['upstream']['delay_ms']} ms "
+        "apart. Cells alternate chat, responses, chat, responses; figures are their means. "
+        "TTFC is the time to the first content event (the Responses stream sends "
+        "`response.created` and `response.in_progress` before it).",
+        "",
+        "| concurrency | chat CPU us/chunk | responses CPU us/chunk | ratio (target <= 2.5) | "
+        "chat TTFC p50 ms | responses TTFC p50 ms | added ms (target <= 1 at c=1) | "
+        "gap p99 ms chat / responses | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, cell in results["cells"].items():
+        chat, responses = cell["chat"], cell["responses"]
+        lines.append(
+            f"| {key} | {fmt(chat['cpu_us_per_chunk'], 1)} | "
+            f"{fmt(responses['cpu_us_per_chunk'], 1)} | {fmt(cell['cpu_ratio'])} | "
+            f"{fmt(chat['ttfc_ms_p50'])} | {fmt(responses['ttfc_ms_p50'])} | "
+            f"{fmt(cell['added_ttfc_ms_p50'])} | {fmt(chat['gap_ms_p99'])} / "
+            f"{fmt(responses['gap_ms_p99'])} | {chat['errors'] + responses['errors']} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def post_to(port: int, path: str, body: bytes) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=body,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as reply:
+        reply.read()
+        return int(reply.status)
 
 
 def main() -> None:
@@ -330,6 +456,10 @@ def main() -> None:
         "--kinds", nargs="+", default=["text", "image", "text-json"], help="cells to run"
     )
     parser.add_argument("--out-dir", type=Path, default=BENCH / "results")
+    parser.add_argument(
+        "--responses", action="store_true", help="the Responses dialect beside chat"
+    )
+    parser.add_argument("--responses-rounds", type=int, default=2)
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -341,6 +471,7 @@ def main() -> None:
     ports["direct"] = ports["upstream"]
     processes: dict[str, subprocess.Popen[bytes]] = {}
     notes: list[str] = []
+    dialects: dict[str, Any] = {}
     try:
         processes["upstream"] = start(
             [
@@ -410,6 +541,15 @@ def main() -> None:
                     )
                 for path in paths:
                     cells[key][path]["vs_direct"] = relative(cells[key][path], cells[key]["direct"])
+        if args.responses:
+            dialects = compare_dialects(
+                ports["clip-proxy"],
+                pids["clip-proxy"],
+                bodies,
+                args.concurrency,
+                args.duration_s,
+                args.responses_rounds,
+            )
         cache["hits_after"] = metric_total(ports["clip-proxy"], hits_name)
         cache["misses_after"] = metric_total(ports["clip-proxy"], misses_name)
     finally:
@@ -442,6 +582,18 @@ def main() -> None:
         "notes": notes,
         "cells": cells,
     }
+    if args.responses:
+        dialect_results = {
+            "command": results["command"],
+            "commit": results["commit"],
+            "machine": results["machine"],
+            "upstream": results["upstream"],
+            "cells": dialects,
+        }
+        (args.out_dir / "responses.json").write_bytes(
+            orjson.dumps(dialect_results, option=orjson.OPT_INDENT_2)
+        )
+        write_dialects_markdown(dialect_results, args.out_dir / "responses.md")
     (args.out_dir / "proxy.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     write_markdown(results, args.out_dir / "proxy.md")
     write_plot(results, args.out_dir / "proxy.png")

@@ -65,6 +65,97 @@ def r1_events(
     return events
 
 
+def chunk_event(delta: dict[str, Any], finish: str | None = None, model: str = MODEL) -> str:
+    """One `chat.completion.chunk` payload: a delta, or the last chunk with its finish reason."""
+    return json.dumps(
+        {
+            "id": "chatcmpl-test",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+    )
+
+
+def usage_event(prompt: int = 10, completion: int = 7, reasoning: int | None = None) -> str:
+    """The usage chunk a stream with `stream_options.include_usage` ends with."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if reasoning is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return json.dumps(
+        {
+            "id": "chatcmpl-test",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": MODEL,
+            "choices": [],
+            "usage": usage,
+        }
+    )
+
+
+def tool_call_events(
+    name: str,
+    arguments: tuple[str, ...] = ('{"city": ', '"Paris"}'),
+    call_id: str = "call_1",
+    reasoning: tuple[str, ...] = ("I should call ", "the tool."),
+) -> list[str]:
+    """An R1 stream that thinks, then calls one function (arguments in pieces)."""
+    events = [chunk_event({"role": "assistant", "content": None, "reasoning_content": ""})]
+    events += [chunk_event({"reasoning_content": text}) for text in reasoning]
+    head = {
+        "index": 0,
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": ""},
+    }
+    events.append(chunk_event({"tool_calls": [head]}))
+    events += [
+        chunk_event({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+        for piece in arguments
+    ]
+    events += [chunk_event({}, "tool_calls"), usage_event(12, 9, 4), "[DONE]"]
+    return events
+
+
+def stream_events(
+    answer: tuple[str, ...], finish: str = "stop", reasoning: tuple[str, ...] = ()
+) -> list[str]:
+    """A stream of `answer` pieces ending with `finish` ("length": cut at max tokens)."""
+    events = [chunk_event({"role": "assistant", "content": None, "reasoning_content": ""})]
+    events += [chunk_event({"reasoning_content": text}) for text in reasoning]
+    events += [chunk_event({"content": text}) for text in answer]
+    return [*events, chunk_event({}, finish), usage_event(), "[DONE]"]
+
+
+def completion(
+    content: str | None = "A cat on a sofa.",
+    *,
+    reasoning: str | None = "The user sent a cat.",
+    tool_calls: list[dict[str, Any]] | None = None,
+    finish: str = "stop",
+) -> dict[str, Any]:
+    """A non-streamed chat completion, as scripted as the streams above."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
+    if tool_calls is not None:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 1,
+        "model": MODEL,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17},
+    }
+
+
 def r1_completion(answer: str = "A cat on a sofa.") -> dict[str, Any]:
     return {
         "id": "chatcmpl-test",

@@ -17,6 +17,7 @@ from app.services.chat import ChatService
 from app.services.embeddings import EmbeddingsService
 from app.services.health import HealthService
 from app.services.models import ModelsService
+from app.services.response_store import ResponseStore
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Services:
     embeddings: EmbeddingsService
     models: ModelsService
     health: HealthService
+    responses: ResponseStore
 
 
 def services_of(request: Request) -> Services:

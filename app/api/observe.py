@@ -20,6 +20,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import internal_error_response
+from app.dialects import dialect_of_route
 from app.metrics import Metrics, status_class
 from app.observability.request_context import RequestRecord, bound, new_request_id
 
@@ -76,8 +77,9 @@ class RequestObserver:
         duration = record.elapsed()
         route = _route_of(scope)
         status_label = status_class(status) if status else "none"  # none: client left first
-        self.metrics.requests.labels(route=route, status=status_label).inc()
-        self.metrics.request_duration.labels(route=route, status=status_label).observe(duration)
+        labels = {"route": route, "status": status_label, "dialect": dialect_of_route(route)}
+        self.metrics.requests.labels(**labels).inc()
+        self.metrics.request_duration.labels(**labels).observe(duration)
         if record.error is not None:
             self.metrics.errors.labels(type=record.error).inc()
         fields = {

@@ -24,6 +24,7 @@ from app.services.chat import ChatLimits, ChatOptions, ChatService
 from app.services.embeddings import EmbeddingsOptions, EmbeddingsService
 from app.services.health import HealthService
 from app.services.models import ModelsService
+from app.services.response_store import ResponseStore
 from app.upstream.client import RetryPolicy, UpstreamClient
 from app.upstream.rate_limit import RateLimiter
 from app.upstream.session import TlsOptions
@@ -123,6 +124,12 @@ def build_state(
             embeddings=EmbeddingsService(embeddings_options, engine),
             models=ModelsService(upstream),
             health=HealthService(engine, metrics, draining=draining),
+            responses=ResponseStore.from_url(
+                settings.cache_url,
+                ttl_s=settings.responses_ttl_s,
+                enabled=settings.responses_store,
+                prefix=settings.cache_key_prefix + "responses:",
+            ),
         ),
     )
 

@@ -125,6 +125,10 @@ class ChatService:
     def ping_interval_s(self) -> float:
         return self._options.ping_interval_s
 
+    @property
+    def default_model(self) -> str:
+        return self._options.default_model
+
     async def complete(
         self,
         request: ChatCompletionRequest,
@@ -133,9 +137,11 @@ class ChatService:
         dry_run: bool = False,
         preset: PromptPreset | None = None,
         prompt_format: PromptFormat | None = None,
+        dialect: str = "chat",
     ) -> ChatOutcome:
         """`preset` and `prompt_format` are the request's header choices (the body's
-        `clip_proxy.preset` wins over the header); the settings decide otherwise."""
+        `clip_proxy.preset` wins over the header); the settings decide otherwise. `dialect`
+        labels the stream metrics (the wire API the client spoke)."""
         options = request.clip_proxy
         preset = (options.preset if options else None) or preset or self._options.preset
         body = request.upstream_body()
@@ -171,7 +177,9 @@ class ChatService:
         reply = await self._send_upstream(orjson.dumps(body), stream, headers)
         headers_at = time.perf_counter()
         if stream:
-            meter = StreamMeter(self._metrics, sent_at=sent_at, headers_at=headers_at)
+            meter = StreamMeter(
+                self._metrics, sent_at=sent_at, headers_at=headers_at, dialect=dialect
+            )
             return StreamReply(reply.relay(meter), reply.media_type, reply.aclose)
         answer = await reply.read()
         self._metrics.upstream_duration.labels(mode="json").observe(time.perf_counter() - sent_at)

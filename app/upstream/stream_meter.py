@@ -99,8 +99,11 @@ def count_tokens(metrics: Metrics, usage: dict[str, Any] | None) -> None:
 class StreamMeter:
     """Measures one relayed stream: `see` every chunk as it leaves, `end` it once."""
 
-    def __init__(self, metrics: Metrics, *, sent_at: float, headers_at: float) -> None:
+    def __init__(
+        self, metrics: Metrics, *, sent_at: float, headers_at: float, dialect: str = "chat"
+    ) -> None:
         self._metrics = metrics
+        self._dialect = dialect
         self._sent_at = sent_at
         self._headers_at = headers_at
         self._usage = UsageReader()
@@ -120,7 +123,8 @@ class StreamMeter:
             return
         self._ended = True
         ended = time.perf_counter()
-        self._metrics.stream_duration.labels(outcome=outcome.value).observe(
+        stream_duration = self._metrics.stream_duration
+        stream_duration.labels(outcome=outcome.value, dialect=self._dialect).observe(
             ended - self._headers_at
         )
         if outcome is not StreamOutcome.cancelled:

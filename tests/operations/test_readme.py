@@ -116,10 +116,16 @@ def test_quick_start_and_use_it_run_as_written(tmp_path: Path) -> None:
             server.wait(timeout=30)
 
     python = [out for block, out in outputs if block.lang == "python"]
-    assert len(python) == 1
+    assert len(python) == 2
     reasoning, _, answer = python[0].partition("\n\nAnswer:\n")
     assert reasoning.startswith("Reasoning:\nThe proxy sent me 1 image")
     assert answer.startswith("clip-proxy echo: 1 image.\nimage 1 (this turn): 451x300 px")
+    # The Responses example: the same picture streamed as typed events, then a second turn
+    # by previous_response_id in which it is an earlier turn's image.
+    assert "The proxy sent me 1 image" in python[1]
+    assert "clip-proxy echo: 1 image.\nimage 1 (this turn): 451x300 px" in python[1]
+    assert python[1].count("clip-proxy echo:") == 2, python[1]
+    assert "earlier" in python[1].rsplit("clip-proxy echo:", 1)[1], python[1]
     curl = [out for block, out in outputs if "curl" in block.code]
     assert len(curl) == 1
     assert "clip-proxy echo: 1 image." in curl[0] and curl[0].rstrip().endswith("data: [DONE]")

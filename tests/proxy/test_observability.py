@@ -107,7 +107,7 @@ def test_every_metric_has_help_and_type_without_a_gpu(proxy: ProxyServer) -> Non
 def test_metrics_are_defined_once_in_one_registry() -> None:
     """Two apps in one process each get their own numbers (no global registry clash)."""
     first, second = Metrics(), Metrics()
-    first.requests.labels(route=CHAT, status="2xx").inc()
+    first.requests.labels(route=CHAT, status="2xx", dialect="chat").inc()
     assert sample(first.render().decode(), "clip_proxy_requests_total", route=CHAT) == 1
     assert sample(second.render().decode(), "clip_proxy_requests_total", route=CHAT) == 0
 
@@ -141,7 +141,7 @@ def test_streamed_image_request_is_measured_at_every_stage(
     ):
         assert rose(histogram) == 1, histogram
     assert rose("clip_proxy_image_fetch_seconds_count", source="data_url") == 1
-    assert rose("clip_proxy_stream_duration_seconds_count", outcome="complete") == 1
+    assert rose("clip_proxy_stream_duration_seconds_count", outcome="complete", dialect="chat") == 1
     assert rose("clip_proxy_upstream_duration_seconds_count", mode="stream") == 1
     assert rose("clip_proxy_upstream_responses_total", code="200") == 1
     # The fake upstream's usage chunk says 10 prompt and 7 completion tokens.
@@ -252,7 +252,7 @@ def test_stream_broken_by_the_upstream_is_an_error_outcome(
     outcome = "clip_proxy_stream_duration_seconds_count"
     # A cut stream is `truncated`, its error `upstream_stream_truncated` (issue 11; they
     # were `error` and `upstream_unreachable`).
-    assert grew(before, after, outcome, outcome="truncated") == 1
+    assert grew(before, after, outcome, outcome="truncated", dialect="chat") == 1
     errors = "clip_proxy_errors_total"
     assert grew(before, after, errors, type="upstream_stream_truncated") == 1
 

@@ -264,7 +264,7 @@ def test_a_cut_close_delimited_stream_ends_with_a_truncation_event(
     proxy: ProxyServer, upstream: FakeUpstream, end: str
 ) -> None:
     before = metric_value(
-        proxy.url, "clip_proxy_stream_duration_seconds_count", outcome="truncated"
+        proxy.url, "clip_proxy_stream_duration_seconds_count", outcome="truncated", dialect="chat"
     )
     upstream.script(Reply(wire=Wire((SSE_HEAD + EVENT, 0.1), end=end)))
     with httpx.stream("POST", proxy.url + CHAT, json={"messages": HELLO, "stream": True}) as reply:
@@ -273,7 +273,9 @@ def test_a_cut_close_delimited_stream_ends_with_a_truncation_event(
     assert len(events) == 2
     error = json.loads(events[-1])["error"]
     assert error["code"] == "upstream_stream_truncated"
-    after = metric_value(proxy.url, "clip_proxy_stream_duration_seconds_count", outcome="truncated")
+    after = metric_value(
+        proxy.url, "clip_proxy_stream_duration_seconds_count", outcome="truncated", dialect="chat"
+    )
     assert after - before == 1
     # The SDK no longer "ends normally": it raises.
     upstream.script(Reply(wire=Wire((SSE_HEAD + EVENT, 0.1), end=end)))

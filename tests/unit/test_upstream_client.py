@@ -140,7 +140,9 @@ async def test_a_cut_stream_in_any_framing_is_truncated(
     assert body.startswith(EVENT)
     assert error_code(body) == "upstream_stream_truncated"
     assert len(events_of(body)) == 2
-    truncated = metrics.stream_duration.labels(outcome=StreamOutcome.truncated.value)
+    truncated = metrics.stream_duration.labels(
+        outcome=StreamOutcome.truncated.value, dialect="chat"
+    )
     assert truncated._sum.get() > 0  # observed once, as truncated
 
 
