@@ -69,14 +69,10 @@ BAD_REQUESTS = [
     (
         "unknown-part",
         json.dumps(
-            {
-                "messages": [
-                    {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}
-                ]
-            }
+            {"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]}
         ).encode(),
         "messages[0].content[0]",
-        "input_audio",
+        "'file'",
     ),
     (
         "no-url",
