@@ -88,6 +88,16 @@ def _serve(host: str, port: int, *, echo: bool = False) -> int:
             host,
             extra={"host": host},
         )
+    if not settings.echo_upstream and not settings.upstream_api_key.get_secret_value():
+        from urllib.parse import urlsplit
+
+        upstream_host = urlsplit(settings.upstream_base_url).hostname or "?"
+        logging.getLogger("app.cli").warning(
+            "CLIP_PROXY_UPSTREAM_API_KEY is empty: the upstream %s will answer 401 if it needs "
+            "a key. Set it, or try the proxy without one: clip-proxy serve --echo",
+            upstream_host,
+            extra={"upstream": upstream_host},
+        )
     return_large_buffers_to_the_os()
     # One worker per process: the encoder owns the GPU; scale with replicas, not workers.
     # (An app object, not an import string, so uvicorn cannot be asked to fork workers.)

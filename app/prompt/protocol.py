@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import ErrorDetails
 
 # Sent by the proxy only toward its embedded echo upstream (app/echo/upstream.py): each
 # image's pixel size, in order ("640x480,1024x768"), which the seed's prompt does not carry.
@@ -163,16 +164,27 @@ class EmbeddingRequest(OpenAIModel):
 def validation_param(error: ValidationError) -> tuple[str, str | None]:
     """A readable message and OpenAI-style `param` (`messages[0].content[1].image_url`) for
     the most specific problem pydantic found."""
-    # With `content: str | list[...]`, pydantic reports a failure for each branch; the one
-    # that went deepest is the one that describes the user's mistake.
-    deepest = max(error.errors(include_url=False), key=lambda item: len(item["loc"]))
+    deepest = _deepest(error)
     param = _loc_to_param(deepest["loc"])
     message = deepest["msg"]
+    if deepest["type"] == "missing" and param:
+        return f"Missing required parameter: {param!r}.", param  # OpenAI's words
     if deepest["type"] == "union_tag_invalid":  # only content parts have a tagged union
         message = f"content part type {deepest.get('ctx', {}).get('tag')!r} is not supported"
     elif deepest["type"] == "union_tag_not_found":
         message = "a content part needs a string 'type'"
     return f"{message}{f' at {param}' if param else ''}", param
+
+
+def validation_code(error: ValidationError) -> str | None:
+    """OpenAI's error code for the problem `validation_param` describes, where it has one."""
+    return "missing_required_parameter" if _deepest(error)["type"] == "missing" else None
+
+
+def _deepest(error: ValidationError) -> ErrorDetails:
+    # With `content: str | list[...]`, pydantic reports a failure for each branch; the one
+    # that went deepest is the one that describes the user's mistake.
+    return max(error.errors(include_url=False), key=lambda item: len(item["loc"]))
 
 
 def _loc_to_param(loc: tuple[int | str, ...]) -> str | None:

@@ -382,7 +382,9 @@ def test_playground_can_be_turned_off(start_proxy: Callable[..., ProxyServer]) -
     for path in ("/", "/playground", "/playground/playground.js"):
         response = httpx.get(server.url + path, timeout=10)
         assert response.status_code == 404, path
-        assert response.json()["error"]["type"] == "not_found_error"
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error"
+        assert error["message"] == f"Invalid URL (GET {path})"
 
 
 def test_images_can_be_pasted_and_dropped(
