@@ -54,7 +54,7 @@ def test_a_missing_field_is_missing_required_parameter(
 def test_an_unreadable_image_is_invalid_image_format(proxy: ProxyServer) -> None:
     broken = "data:image/png;base64," + base64.b64encode(b"not an image at all").decode()
     with pytest.raises(openai.BadRequestError) as raised:
-        sdk(proxy).chat.completions.create(model="deepseek-r1", messages=[image_message(broken)])
+        sdk(proxy).chat.completions.create(model="deepseek-r1", messages=[image_message(broken)])  # type: ignore[list-item]
     error = raised.value.response.json()["error"]
     assert error["code"] == "invalid_image_format"
     assert error["param"] == "messages[0].content[1].image_url"
@@ -109,7 +109,7 @@ def test_a_form_without_a_prompt_says_form_not_multipart(proxy: ProxyServer) -> 
 def test_raw_base64_where_a_url_belongs_says_to_add_the_prefix(proxy: ProxyServer) -> None:
     raw = data_url(PNG).removeprefix("data:image/png;base64,")
     with pytest.raises(openai.BadRequestError) as raised:
-        sdk(proxy).chat.completions.create(model="deepseek-r1", messages=[image_message(raw)])
+        sdk(proxy).chat.completions.create(model="deepseek-r1", messages=[image_message(raw)])  # type: ignore[list-item]
     error = raised.value.response.json()["error"]
     assert "data:image/png;base64," in error["message"] and "raw base64" in error["message"]
     assert error["param"] == "messages[0].content[1].image_url"
