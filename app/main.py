@@ -26,6 +26,7 @@ from app.api import chat, embeddings, health, models
 from app.api.admission import Admission, AdmissionMiddleware
 from app.api.auth import ClientAuthMiddleware, key_digests
 from app.api.body_limit import BodyBudget, BodyLimitMiddleware
+from app.api.cors import Cors
 from app.api.errors import install_error_handlers
 from app.api.json_response import JsonResponse
 from app.api.observe import RequestObserver
@@ -115,5 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # Added last, so it runs first: the request id is bound before anything else runs.
     app.add_middleware(RequestObserver, metrics=metrics)
+    if settings.cors_allow_origins:  # outermost: its headers on every answer, errors too
+        app.add_middleware(Cors, origins=settings.cors_allow_origins)
     install_error_handlers(app)
     return app
