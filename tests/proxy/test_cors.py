@@ -5,7 +5,6 @@ with fetch in headless Chromium (allowed, and refused)."""
 from __future__ import annotations
 
 import http.server
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
+from tests.browser import headless_chromium
 from tests.helpers import ProxyServer, free_port
 
 CHAT = "/v1/chat/completions"
@@ -144,14 +144,6 @@ def test_any_origin_with_client_keys_is_a_configuration_error(tmp_path: Path) ->
 
 # ---- In a real browser ----
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-
 # Runs in the page: the call an app makes with the openai SDK's headers, reported back.
 FETCH = """
 const [url, key, done] = arguments;
@@ -169,36 +161,18 @@ fetch(url, {
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    if not CHROMIUM or not CHROMEDRIVER:
-        pytest.skip("chromium and chromium-driver are not installed (scripts/setup.sh)")
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-cors')}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_script_timeout(30)
-    try:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with headless_chromium(tmp_path_factory.mktemp("chromium-cors")) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
-def fetch_from_page(browser: WebDriver, page: PageServer, proxy: ProxyServer, key: str) -> Any:
+def fetch_from_page(browser: Any, page: PageServer, proxy: ProxyServer, key: str) -> Any:
     browser.get(page.origin + "/")
     return browser.execute_async_script(FETCH, proxy.url + CHAT, key)
 
 
 def test_a_page_on_an_allowed_origin_calls_the_proxy(
-    browser: WebDriver, page: PageServer, start_proxy: Callable[..., ProxyServer]
+    browser: Any, page: PageServer, start_proxy: Callable[..., ProxyServer]
 ) -> None:
     proxy = start_proxy(cors_allow_origins=page.origin, api_keys=KEY, wait_ready=False)
     result = fetch_from_page(browser, page, proxy, KEY)
@@ -212,7 +186,7 @@ def test_a_page_on_an_allowed_origin_calls_the_proxy(
 
 
 def test_a_page_on_another_origin_is_refused(
-    browser: WebDriver, page: PageServer, start_proxy: Callable[..., ProxyServer]
+    browser: Any, page: PageServer, start_proxy: Callable[..., ProxyServer]
 ) -> None:
     proxy = start_proxy(cors_allow_origins=APP_ORIGIN, api_keys=KEY, wait_ready=False)
     result = fetch_from_page(browser, page, proxy, KEY)
