@@ -97,6 +97,12 @@ def test_curl_d_with_json_is_read_as_json(proxy: ProxyServer) -> None:
     assert answer["choices"][0]["message"]["content"], done.stdout
 
 
+def test_broken_json_under_the_form_type_is_refused_as_json(proxy: ProxyServer) -> None:
+    form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+    reply = httpx.post(proxy.url + CHAT, content=b'{"messages": [', headers=form_type)
+    assert "not valid JSON" in error_of(reply, 400)["message"]
+
+
 def test_a_form_without_a_prompt_says_form_not_multipart(proxy: ProxyServer) -> None:
     reply = httpx.post(proxy.url + CHAT, data={"model": "deepseek-r1"}, timeout=10)
     error = error_of(reply, 400)
