@@ -1,10 +1,12 @@
-"""`clip-proxy serve | make-test-model`: the console script."""
+"""`clip-proxy serve | config | make-test-model`: the console script."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -21,11 +23,14 @@ DEFAULT_HOST = "127.0.0.1"
 # The exit status when start-up fails: the model (or the label vocabulary) cannot be loaded.
 # (2: invalid configuration)
 EXIT_STARTUP_FAILED = 3
+# The port (or address) to listen on is taken or cannot be bound.
+EXIT_PORT_BUSY = 4
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     defaults = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="clip-proxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"clip-proxy {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
@@ -48,6 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "no key, no network, for a first run",
     )
 
+    commands.add_parser(
+        "config",
+        help="print the effective settings (secrets masked) and where each came from",
+        description="Print every setting as `clip-proxy serve` would use it, secrets "
+        "masked, and where its value came from: default, environment or file.",
+    )
+
     make = commands.add_parser(
         "make-test-model",
         help="write a tiny random-weight CLIP checkpoint (and DIR/captioner) for tests",
@@ -64,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args.host, args.port, echo=args.echo)
+    if args.command == "config":
+        return _config()
     return _make_test_model(args.directory, args.projection_dim, args.vit_l14)
 
 
@@ -79,7 +93,19 @@ def _serve(host: str, port: int, *, echo: bool = False) -> int:
         print(f"clip-proxy: invalid configuration:\n{describe_invalid(exc)}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, secrets=_secrets(settings))
+    _warn_unknown_variables()
     host = host.removeprefix("[").removesuffix("]")  # `[::1]`, as written in a URL
+    busy = _bind_problem(host, port)
+    if busy is not None:
+        logging.getLogger("app.cli").error(
+            "cannot listen on %s port %d: %s. Stop what listens there, or choose another "
+            "port with --port",
+            host,
+            port,
+            busy,
+            extra={"host": host, "port": port},
+        )
+        return EXIT_PORT_BUSY
     if not _is_loopback(host) and not _secrets(settings, upstream=False):
         logging.getLogger("app.cli").warning(
             "listening on %s without client keys: anyone who reaches this port can use the "
@@ -87,6 +113,16 @@ def _serve(host: str, port: int, *, echo: bool = False) -> int:
             "CLIP_PROXY_API_KEYS_FILE), or listen on 127.0.0.1",
             host,
             extra={"host": host},
+        )
+    if not settings.echo_upstream and not settings.upstream_api_key.get_secret_value():
+        from urllib.parse import urlsplit
+
+        upstream_host = urlsplit(settings.upstream_base_url).hostname or "?"
+        logging.getLogger("app.cli").warning(
+            "CLIP_PROXY_UPSTREAM_API_KEY is empty: the upstream %s will answer 401 if it needs "
+            "a key. Set it, or try the proxy without one: clip-proxy serve --echo",
+            upstream_host,
+            extra={"upstream": upstream_host},
         )
     return_large_buffers_to_the_os()
     # One worker per process: the encoder owns the GPU; scale with replicas, not workers.
@@ -109,6 +145,75 @@ def _serve(host: str, port: int, *, echo: bool = False) -> int:
     server.run(sockets=sockets)
     # The failure was logged as it happened, with the ways out; only the status is left.
     return EXIT_STARTUP_FAILED if app.state.startup.failure else 0
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be listened on (taken, say), or None; checked before the model
+    loads, so a busy port is told at once and not after half a minute of loading."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        return f"the address does not resolve ({exc.strerror or exc})"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            if family == socket.AF_INET6 and host != "::":
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return "the port is already in use"
+                return exc.strerror or str(exc)
+    return None
+
+
+def _warn_unknown_variables() -> None:
+    """One warning naming every `CLIP_PROXY_*` variable no setting reads (a typo is
+    otherwise silently ignored), each with the closest known name."""
+    from app.runtime.settings_report import unknown_variables
+
+    unknown = unknown_variables(os.environ)
+    if not unknown:
+        return
+    named = "; ".join(
+        f"{name} (did you mean {close}?)" if close else name for name, close in unknown
+    )
+    logging.getLogger("app.cli").warning(
+        "ignored: no setting reads %s",
+        named,
+        extra={"unknown_variables": [name for name, _ in unknown]},
+    )
+
+
+def _config() -> int:
+    from app.config import Settings
+    from app.runtime.settings_report import effective_settings, unknown_variables
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"clip-proxy: invalid configuration:\n{describe_invalid(exc)}", file=sys.stderr)
+        return 2
+    rows = effective_settings(settings, os.environ)
+    width = max(len(row.variable) for row in rows)
+    for row in rows:
+        print(f"{row.variable.ljust(width)}  {row.source:<11}  {row.value}")
+    for name, close in unknown_variables(os.environ):
+        hint = f" (did you mean {close}?)" if close else ""
+        print(f"clip-proxy: no setting reads {name}{hint}", file=sys.stderr)
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clip-proxy")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _dual_stack_socket(port: int) -> socket.socket:

@@ -201,6 +201,9 @@ class Settings(BaseSettings):
     docs: bool = True
     # The browser playground at /playground (and / redirecting there); false turns both off.
     playground: bool = True
+    # Origins whose web pages may call the API (CORS), comma-separated, e.g.
+    # https://app.example.com; `*` is any origin (only without client keys). Empty: none.
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # ---- Limits on what a client may send or hold ----
     max_image_bytes: int = Field(20 * MiB, ge=1)
@@ -369,6 +372,32 @@ class Settings(BaseSettings):
         # Read once, here: client auth and the log redactor (`clip-proxy serve`) both use
         # them, and a file that cannot be read is a configuration error like any other.
         self._client_keys = read_client_keys(self.api_keys, self.api_keys_file)
+        return self
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        origins = [origin.rstrip("/") for origin in value]
+        for origin in origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"CLIP_PROXY_CORS_ALLOW_ORIGINS: {origin!r} is no origin; write it as "
+                    "https://app.example.com (scheme, host, port if any)"
+                )
+        return origins
+
+    @model_validator(mode="after")
+    def _check_cors_with_keys(self) -> Settings:
+        if "*" in self.cors_allow_origins and self._client_keys:
+            raise ValueError(
+                "CLIP_PROXY_CORS_ALLOW_ORIGINS=* with client keys would let any web page "
+                "spend a key a visitor's browser holds: name the origins instead"
+            )
         return self
 
     @property

@@ -4,7 +4,8 @@ The tree (status in brackets):
 
     ProxyError                      any failure a client is told about
     ├── InvalidRequest        [400] malformed JSON, missing or mistyped fields
-    │   ├── InvalidImage      [400] not an image, truncated, animated, bomb, unsupported format
+    │   ├── InvalidImage      [400] animated, bomb, too thin, empty
+    │   │   └── UnreadableImage [400] not an image, truncated, unsupported format
     │   ├── TooManyImages     [400] more images than CLIP_PROXY_MAX_IMAGES_PER_REQUEST
     │   ├── ForbiddenUrl      [400] an image URL the proxy will not fetch (SSRF rules)
     │   └── ImageFetchFailed  [400] an allowed URL that could not be fetched as an image
@@ -112,6 +113,12 @@ class InvalidRequest(ProxyError):
 
 class InvalidImage(InvalidRequest):
     code = "invalid_image"
+
+
+class UnreadableImage(InvalidImage):
+    """Bytes no decoder reads: not an image, a format not read, truncated or corrupt."""
+
+    code = "invalid_image_format"
 
 
 class TooManyImages(InvalidRequest):

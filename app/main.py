@@ -26,9 +26,12 @@ from app.api import chat, embeddings, health, models, responses
 from app.api.admission import Admission, AdmissionMiddleware
 from app.api.auth import ClientAuthMiddleware, key_digests
 from app.api.body_limit import BodyBudget, BodyLimitMiddleware
+from app.api.cors import Cors
+from app.api.docs import docs_router
 from app.api.errors import install_error_handlers
 from app.api.json_response import JsonResponse
 from app.api.observe import RequestObserver
+from app.api.openapi import install_openapi
 from app.api.playground import playground_router
 from app.config import Settings
 from app.echo.upstream import EchoUpstream
@@ -84,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         default_response_class=JsonResponse,
-        docs_url="/docs" if docs else None,
+        docs_url=None,  # app/api/docs.py serves /docs offline
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
@@ -93,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(docs_router(docs))
     app.include_router(
         playground_router(
             settings.playground,
@@ -117,5 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # Added last, so it runs first: the request id is bound before anything else runs.
     app.add_middleware(RequestObserver, metrics=metrics)
+    if settings.cors_allow_origins:  # outermost: its headers on every answer, errors too
+        app.add_middleware(Cors, origins=settings.cors_allow_origins)
     install_error_handlers(app)
+    install_openapi(app)
     return app

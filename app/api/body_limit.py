@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response
 from app.errors import Overloaded, PayloadTooLarge, ProxyError, RequestTimeout
+from app.ingest.limits import body_too_large
 
 # How long a request may wait for room in the memory budget before 503: long enough for a
 # burst of large images to pass through, short enough that a client retries elsewhere.
@@ -120,7 +121,8 @@ class BodyLimitMiddleware:
             if declared is not None and not self.budget.fits_ever(declared):
                 raise PayloadTooLarge(
                     f"the request body ({declared} bytes) is larger than this proxy's memory "
-                    f"budget for request bodies ({self.budget.max_bytes} bytes)"
+                    f"budget for request bodies ({self.budget.max_bytes} bytes, "
+                    "CLIP_PROXY_MAX_INFLIGHT_BODY_BYTES)"
                 )
             if declared:
                 await self.budget.reserve(declared)
@@ -170,7 +172,7 @@ class BodyLimitMiddleware:
             self.budget.release(reserved)
 
     def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"the request body is larger than {self.max_bytes} bytes")
+        return body_too_large(self.max_bytes)
 
 
 def declared_length(scope: Scope) -> int | None:

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from app.api.deps import services_of
 from app.api.disconnect import ClientDisconnected, unless_disconnected
 from app.api.json_response import JsonResponse
-from app.api.openapi import request_body_schema
+from app.api.openapi import error_responses, request_body_schema
 from app.api.relay import RelayResponse
 from app.api.request_body import read_chat_request
 from app.errors import InvalidRequest
@@ -35,8 +35,15 @@ CLIENT_CLOSED = 499
 @router.post(
     "/v1/chat/completions",
     response_model=None,
-    # The route reads the raw request (JSON or multipart); this documents the JSON body.
-    openapi_extra=request_body_schema(ChatCompletionRequest),
+    # The route reads the raw request (JSON or multipart); this documents both.
+    openapi_extra=request_body_schema(ChatCompletionRequest, form=True),
+    responses={
+        200: {
+            "description": "The completion: JSON, or an event stream when `stream` is true",
+            "content": {"application/json": {}, "text/event-stream": {}},
+        },
+        **error_responses(400, 401, 404, 408, 413, 429, 500, 502, 503, 504),
+    },
 )
 async def chat_completions(request: Request) -> Response:
     service = services_of(request).chat
@@ -72,9 +79,7 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
-def choice_of(
-    kind: type[Choice], header: str, value: str | None, code: str
-) -> Choice | None:
+def choice_of(kind: type[Choice], header: str, value: str | None, code: str) -> Choice | None:
     """The value of a choice header (`X-Clip-Proxy-Preset`, `X-Clip-Proxy-Format`), if any;
     a value that is not one of the choices is a 400 naming the header."""
     if value is None or not value.strip():

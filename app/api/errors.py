@@ -56,8 +56,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JsonResponse:
-        error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        error_type = "invalid_request_error"
         note_error(error_type)
-        return JsonResponse(
-            error_body(str(exc.detail), error_type), exc.status_code, headers=exc.headers
-        )
+        message = str(exc.detail)
+        if exc.status_code == 404:  # no route: OpenAI's words for it
+            message = f"Invalid URL ({request.method} {request.url.path})"
+        return JsonResponse(error_body(message, error_type), exc.status_code, headers=exc.headers)

@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from app.api.deps import services_of
 from app.api.errors import error_response
 from app.api.json_response import JsonResponse
+from app.api.openapi import error_responses
 from app.errors import Overloaded
 from app.metrics import CONTENT_TYPE
 
@@ -20,7 +21,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=error_responses(503))
 async def readyz(request: Request) -> JsonResponse:
     """Ready for traffic: the encoder is loaded and warm, and the process is not draining."""
     try:
@@ -31,6 +32,6 @@ async def readyz(request: Request) -> JsonResponse:
     return JsonResponse({"status": "ready", "devices": devices})
 
 
-@router.get("/metrics")
+@router.get("/metrics", responses=error_responses(401))
 async def metrics(request: Request) -> Response:
     return Response(services_of(request).health.metrics_text(), media_type=CONTENT_TYPE)

@@ -13,18 +13,19 @@ as a JSON value (plain text if it is not JSON), and one or more files in `image`
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from app.errors import InvalidRequest, PayloadTooLarge, TooManyImages
+from app.errors import InvalidRequest, TooManyImages
+from app.ingest.limits import image_too_large
 from app.ingest.sources import ImageSource, SourceKind
-from app.prompt.protocol import ChatCompletionRequest, validation_param
+from app.prompt.protocol import ChatCompletionRequest, validation_code, validation_param
 from app.services.chat import ChatLimits
 
 IMAGE_FIELD = "image"
@@ -45,10 +46,22 @@ async def read_chat_request(
     request: Request, limits: ChatLimits
 ) -> tuple[ChatCompletionRequest, list[ImageSource]]:
     content_type = request.headers.get("content-type", "").lower()
-    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+    if content_type.startswith("multipart/form-data"):
         raw, uploads = await _read_multipart(
             request, limits.max_images, limits.max_image_bytes, limits.max_body_bytes
         )
+    elif content_type.startswith("application/x-www-form-urlencoded"):
+        # curl's `-d` sends JSON under this type: a body that parses as JSON is JSON.
+        body = await read_body(request)
+        raw, uploads = _json_object(body), []
+        if raw is None:
+            raw, uploads = await _read_multipart(
+                request,
+                limits.max_images,
+                limits.max_image_bytes,
+                limits.max_body_bytes,
+                body=bytes(body),
+            )
     else:
         raw, uploads = parse_json(await read_body(request)), []
     return validate_body(raw, ChatCompletionRequest), uploads
@@ -96,6 +109,14 @@ def parse_json(body: bytes | bytearray) -> Any:
     return value
 
 
+def _json_object(body: bytes | bytearray) -> Any:
+    """The body as JSON when it looks like a JSON object, else None (a form). A form never
+    starts with `{`: broken JSON is refused as JSON, the mistake the client made."""
+    if bytes(body[:4096]).lstrip()[:1] != b"{":
+        return None
+    return parse_json(body)
+
+
 def too_deep(value: Any, limit: int) -> bool:
     """True if `value` nests lists/objects more than `limit` deep (iterative: no recursion)."""
     stack = [(value, 1)]
@@ -121,20 +142,27 @@ def validate_body(raw: Any, model: type[Model]) -> Model:
         return model.model_validate(raw)
     except ValidationError as exc:
         message, param = validation_param(exc)
-        raise InvalidRequest(message, param=param) from exc
+        raise InvalidRequest(message, param=param, code=validation_code(exc)) from exc
 
 
 async def _read_multipart(
-    request: Request, max_images: int, max_image_bytes: int, max_body_bytes: int
+    request: Request,
+    max_images: int,
+    max_image_bytes: int,
+    max_body_bytes: int,
+    *,
+    body: bytes | None = None,
 ) -> tuple[dict[str, Any], list[ImageSource]]:
+    """A multipart form, or (`body` read already) an urlencoded one."""
+    kind = "multipart" if body is None else "form"
     try:
-        form = await _parse_form(request, max_images + 1, max_body_bytes)
+        form = await _parse_form(request, max_images + 1, max_body_bytes, body)
     except MultiPartException as exc:
         if exc.message.startswith("Too many files"):
             raise TooManyImages(
                 f"more than {max_images} images uploaded", param=IMAGE_FIELD
             ) from exc
-        raise InvalidRequest(f"malformed multipart body: {exc.message}") from exc
+        raise InvalidRequest(f"malformed {kind} body: {exc.message}") from exc
     raw: dict[str, Any] = {}
     uploads: list[ImageSource] = []
     try:
@@ -160,7 +188,7 @@ async def _read_multipart(
         raw["messages"] = [{"role": "user", "content": prompt}]
     raw.setdefault("messages", [{"role": "user", "content": ""}] if uploads else None)
     if raw["messages"] is None:
-        raise InvalidRequest("a multipart request needs 'prompt' or 'messages'", param="messages")
+        raise InvalidRequest(f"a {kind} request needs 'prompt' or 'messages'", param="messages")
     return raw, uploads
 
 
@@ -182,10 +210,11 @@ class _StrictMultiPartParser(MultiPartParser):
         super().on_part_end()
 
 
-async def _parse_form(request: Request, max_files: int, max_part_size: int) -> FormData:
-    content_type, _ = parse_options_header(request.headers.get("content-type", ""))
+async def _parse_form(
+    request: Request, max_files: int, max_part_size: int, body: bytes | None
+) -> FormData:
     parser: MultiPartParser | FormParser
-    if content_type == b"multipart/form-data":
+    if body is None:
         parser = _StrictMultiPartParser(
             request.headers,
             request.stream(),
@@ -195,9 +224,13 @@ async def _parse_form(request: Request, max_files: int, max_part_size: int) -> F
         )
     else:
         parser = FormParser(
-            request.headers, request.stream(), max_fields=256, max_part_size=max_part_size
+            request.headers, _replay(body), max_fields=256, max_part_size=max_part_size
         )
     return await parser.parse()
+
+
+async def _replay(body: bytes) -> AsyncGenerator[bytes, None]:
+    yield body
 
 
 def _form_value(name: str, value: str) -> Any:
@@ -226,8 +259,8 @@ def _form_boolean(name: str, value: str) -> bool:
 async def _read_upload(upload: UploadFile, index: int, max_bytes: int) -> ImageSource:
     param = f"{IMAGE_FIELD}[{index}]"
     if upload.size is not None and upload.size > max_bytes:
-        raise PayloadTooLarge(f"image is larger than {max_bytes} bytes", param=param)
+        raise image_too_large(max_bytes, param)
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise PayloadTooLarge(f"image is larger than {max_bytes} bytes", param=param)
+        raise image_too_large(max_bytes, param)
     return ImageSource(kind=SourceKind.upload, param=param, data=data)

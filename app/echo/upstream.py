@@ -2,7 +2,9 @@
 
 A small OpenAI-compatible server on an ephemeral loopback port inside the proxy's own
 process. It answers like DeepSeek-R1 (an SSE stream of `reasoning_content` deltas, then
-`content` deltas, a usage chunk and `[DONE]`; one JSON completion when not streamed), and
+`content` deltas, a usage chunk when `stream_options.include_usage` asks for one, and
+`[DONE]`; one JSON completion when not streamed), in OpenAI's shapes (`logprobs: null`,
+`message.refusal: null`), and
 what it says is an account of the request it received: how many images, per image its
 size, the words (labels, recognised text) around its vector, and how many characters the
 vector took. With it the Quick start works with no key and no network, and the proxy's
@@ -230,7 +232,9 @@ def echo_app(model: str) -> Starlette:
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         reply_model = str(body.get("model") or model)
         if body.get("stream"):
-            events = _stream(reply_model, reasoning, answer, usage)
+            options = body.get("stream_options")
+            with_usage = isinstance(options, dict) and options.get("include_usage") is True
+            events = _stream(reply_model, reasoning, answer, usage if with_usage else None)
             return StreamingResponse(events, media_type="text/event-stream")
         return JSONResponse(
             {
@@ -245,7 +249,9 @@ def echo_app(model: str) -> Starlette:
                             "role": "assistant",
                             "reasoning_content": reasoning,
                             "content": answer,
+                            "refusal": None,
                         },
+                        "logprobs": None,
                         "finish_reason": "stop",
                     }
                 ],
@@ -272,8 +278,10 @@ def echo_app(model: str) -> Starlette:
 
 
 async def _stream(
-    model: str, reasoning: str, answer: str, usage: dict[str, int]
+    model: str, reasoning: str, answer: str, usage: dict[str, int] | None
 ) -> AsyncIterator[bytes]:
+    """The answer as OpenAI streams it: with `usage` (include_usage asked), every chunk
+    has `"usage": null` and one last chunk with no choices carries the counts."""
     completion_id = _completion_id()
     created = int(time.time())
 
@@ -284,14 +292,16 @@ async def _stream(
             "created": created,
             "model": model,
             "choices": choices,
+            **({"usage": None} if usage is not None else {}),
             **extra,
         }
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     def delta(fields: dict[str, Any], finish: str | None = None) -> bytes:
-        return event([{"index": 0, "delta": fields, "finish_reason": finish}])
+        choice = {"index": 0, "delta": fields, "logprobs": None, "finish_reason": finish}
+        return event([choice])
 
-    yield delta({"role": "assistant", "content": None, "reasoning_content": ""})
+    yield delta({"role": "assistant", "content": None, "reasoning_content": "", "refusal": None})
     for piece in _pieces(reasoning):
         yield delta({"reasoning_content": piece})
     # The answer's first line whole, so `clip-proxy echo: 1 image.` is one delta.
@@ -299,7 +309,8 @@ async def _stream(
     for piece in [first + ("\n" if rest else ""), *_pieces(rest)]:
         yield delta({"content": piece})
     yield delta({}, "stop")
-    yield event([], usage=usage)
+    if usage is not None:
+        yield event([], usage=usage)
     yield b"data: [DONE]\n\n"
 
 

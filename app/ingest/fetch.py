@@ -28,7 +28,8 @@ from urllib.parse import urljoin
 
 import httpx
 
-from app.errors import ForbiddenUrl, ImageFetchFailed, PayloadTooLarge
+from app.errors import ForbiddenUrl, ImageFetchFailed
+from app.ingest.limits import image_too_large
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -161,7 +162,9 @@ class SafeFetcher:
             for address in addresses:
                 if not (is_public(address) or self._in_allowed_network(address)):
                     raise ForbiddenUrl(
-                        f"image URL host {host!r} resolves to a non-public address",
+                        f"image URL host {host!r} resolves to a non-public address; an "
+                        "operator allows it with CLIP_PROXY_FETCH_ALLOW_HOSTS (the name) or "
+                        "CLIP_PROXY_FETCH_ALLOW_NETWORKS (its network)",
                         param=param,
                     )
         return addresses[0]
@@ -173,12 +176,12 @@ class SafeFetcher:
         limit = self._policy.max_bytes
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"image is larger than {limit} bytes", param=param)
+            raise image_too_large(limit, param)
         chunks: list[bytes] = []
         received = 0
         async for chunk in response.aiter_bytes():
             received += len(chunk)
             if received > limit:
-                raise PayloadTooLarge(f"image is larger than {limit} bytes", param=param)
+                raise image_too_large(limit, param)
             chunks.append(chunk)
         return b"".join(chunks)

@@ -28,8 +28,9 @@ from enum import StrEnum
 import pillow_heif
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from app.errors import InvalidImage, PayloadTooLarge
+from app.errors import InvalidImage, UnreadableImage
 from app.ingest.fetch import SafeFetcher
+from app.ingest.limits import image_too_large
 
 # iPhones write HEIC; Pillow reads AVIF itself, HEIF through pillow-heif's opener, which
 # applies the container's rotation on decode (and resets the EXIF orientation to match).
@@ -39,12 +40,16 @@ pillow_heif.register_heif_opener()
 # MPO is a JPEG with more images behind an MPF index (phones write gain maps and depth maps
 # there): its first image is the photo.
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "GIF", "HEIF", "AVIF"})
+FORMATS_READ = "PNG, JPEG, WEBP, GIF, HEIC/HEIF or AVIF"  # as users name them
 # Formats whose extra frames are not animation (see `_is_animated`).
 _STILL_WITH_FRAMES = frozenset({"MPO"})
 # The widest panorama or tallest strip accepted (see `_check_header`).
 MAX_ASPECT_RATIO = 100
 # EXIF orientations that turn the picture by 90 or 270 degrees (width and height swap).
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
+# Base64 where a URL belongs (no scheme, only base64's alphabet, longer than any host name
+# would make sense as): the `data:` prefix was forgotten.
+_RAW_BASE64 = re.compile(r"[A-Za-z0-9+/\r\n]{32,}={0,2}\s*\Z")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,", re.I)
 
 
@@ -83,12 +88,19 @@ async def read_image_source(
         data = source.data
     elif source.kind is SourceKind.data_url:
         data = decode_data_url(source.url, limits.max_bytes, param=source.param)
+    elif _RAW_BASE64.match(source.url):
+        raise InvalidImage(
+            "this looks like raw base64, not a URL: add the prefix data:image/png;base64, "
+            "(data:image/jpeg;base64, for a JPEG) in front of it",
+            param=source.param,
+            code="invalid_image_url",
+        )
     else:
         data = await fetcher.fetch(source.url, param=source.param)
     if not data:
         raise InvalidImage("the image is empty (0 bytes)", param=source.param)
     if len(data) > limits.max_bytes:
-        raise PayloadTooLarge(f"image is larger than {limits.max_bytes} bytes", param=source.param)
+        raise image_too_large(limits.max_bytes, source.param)
     return data
 
 
@@ -98,15 +110,15 @@ def decode_data_url(url: str, max_bytes: int, *, param: str) -> bytes:
         raise InvalidImage("a data URL must look like data:image/png;base64,...", param=param)
     mime = (match.group("mime") or "").lower()
     if mime and not mime.startswith("image/"):
-        raise InvalidImage(f"data URL media type {mime!r} is not an image", param=param)
+        raise UnreadableImage(f"data URL media type {mime!r} is not an image", param=param)
     start = match.end()
     # Refuse oversized payloads before decoding them: base64 is 4 characters per 3 bytes.
     if (len(url) - start) * 3 // 4 > max_bytes + 3:
-        raise PayloadTooLarge(f"image is larger than {max_bytes} bytes", param=param)
+        raise image_too_large(max_bytes, param)
     try:
         return _decode_base64(url, start)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidImage("the data URL is not valid base64", param=param) from exc
+        raise UnreadableImage("the data URL is not valid base64", param=param) from exc
 
 
 # Decoded a slice at a time (a multiple of 4 characters), so that besides the URL and the
@@ -203,21 +215,22 @@ def _image_errors(limits: ImageLimits, param: str | None) -> Iterator[None]:
         # PIL's own guard fires in open() for sizes far past ours.
         raise InvalidImage(f"image has more than {limits.max_pixels} pixels", param=param) from exc
     except UnidentifiedImageError as exc:
-        raise InvalidImage("the data is not a supported image", param=param) from exc
+        raise UnreadableImage(
+            f"the data is not a supported image; the formats read: {FORMATS_READ}", param=param
+        ) from exc
     except InvalidImage:
         raise
     except Exception as exc:
         # OSError, SyntaxError, ValueError, EOFError are PIL's way of saying truncated or
         # corrupt; crafted files reach struct.error, IndexError and the like in its plugins.
         # Whatever the decoder trips on, it is this image that is bad, not the server.
-        raise InvalidImage("the image is truncated or corrupt", param=param) from exc
+        raise UnreadableImage("the image is truncated or corrupt", param=param) from exc
 
 
 def _check_header(image: Image.Image, limits: ImageLimits, param: str | None) -> None:
     if image.format not in ALLOWED_FORMATS:
-        raise InvalidImage(
-            f"image format {image.format} is not supported; "
-            "send PNG, JPEG, WEBP, GIF, HEIC or AVIF",
+        raise UnreadableImage(
+            f"image format {image.format} is not supported; the formats read: {FORMATS_READ}",
             param=param,
         )
     width, height = image.size

@@ -32,6 +32,8 @@ SERVER_TIMING_STAGES = (
     "decode",
     "preprocess",
     "encode",
+    "ocr",  # the describe preset's words, when they ran
+    "caption",
     "upstream_ttfb",
 )
 

@@ -18,6 +18,7 @@
     dropZone: $("drop-zone"),
     images: $("image-input"),
     thumbnails: $("thumbnails"),
+    attached: $("attached"),
     prompt: $("prompt-input"),
     preset: $("preset-select"),
     format: $("format-select"),
@@ -28,13 +29,16 @@
     status: $("status"),
     error: $("error-output"),
     history: $("history"),
+    live: $("live-turn"),
     reasoning: $("reasoning-output"),
-    answer: $("answer-output"),
+    answer: null, // the answer of the turn being streamed, in the conversation (startTurn)
     timing: $("server-timing").querySelector("tbody"),
     cache: $("cache-status"),
     usage: $("usage"),
     upstreamSize: $("upstream-size"),
     upstream: $("upstream-body"),
+    readable: $("upstream-readable"),
+    rawToggle: $("raw-toggle"),
   };
 
   // The conversation as it is sent: earlier user messages keep their image_url parts, so
@@ -128,6 +132,12 @@
       entry.append(caption, remove);
       ui.thumbnails.append(entry);
     });
+    const count = state.pending.length;
+    const names = state.pending.map((item) => item.name).join(", ");
+    const bytes = formatBytes(state.pending.reduce((sum, item) => sum + item.size, 0));
+    ui.attached.textContent = count
+      ? `${count} image${count === 1 ? "" : "s"} attached (${bytes}): ${names}`
+      : "No images attached.";
   }
 
   function formatBytes(size) {
@@ -169,6 +179,7 @@
     };
     const headers = requestHeaders();
     clearTurn();
+    startTurn(message);
     setBusy(true);
     setStatus("Sending...");
     const started = performance.now();
@@ -184,6 +195,7 @@
         signal,
       });
     } catch (error) {
+      markUnsent();
       if (signal.aborted) setStatus("Stopped.");
       else {
         showError({ message: `the proxy could not be reached: ${error}`, type: "network_error" });
@@ -200,6 +212,7 @@
     // refused key or an overload answer: the dry run would only be refused the same way.
     if (![401, 429, 503].includes(response.status)) dryRun(body, headers);
     if (!response.ok) {
+      markUnsent();
       showError(await readError(response), response.status);
       if (response.status === 401) showKeyField(true);
       setStatus("Failed.");
@@ -209,8 +222,10 @@
     const answer = await readStream(response, signal);
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     if (signal.aborted) {
+      markUnsent();
       setStatus(`Stopped after ${seconds} s.`);
     } else if (answer === null) {
+      markUnsent();
       setStatus(`Failed after ${seconds} s.`);
     } else {
       commitTurn(message, answer);
@@ -235,6 +250,10 @@
       }
       const upstreamBody = JSON.parse(text);
       ui.upstream.textContent = JSON.stringify(upstreamBody, null, 2);
+      const readable = document.createDocumentFragment();
+      readableFields(upstreamBody, "", readable);
+      ui.readable.replaceChildren(readable);
+      ui.rawToggle.hidden = false;
       const characters = Array.from(text).length;
       const parts = [`${characters.toLocaleString("en")} characters`];
       const promptChars = response.headers.get("X-Clip-Proxy-Prompt-Chars");
@@ -248,6 +267,38 @@
     } catch (error) {
       ui.upstreamSize.textContent = `(the dry run failed: ${error})`;
     }
+  }
+
+  // The body as paths and values, each string as its text (real line breaks, no escapes):
+  // `messages[0].content` over the prompt as R1 reads it. The raw JSON is one click away.
+  function readableFields(value, path, out) {
+    if (typeof value === "string") {
+      const label = document.createElement("div");
+      label.className = "path";
+      label.textContent = `${path}:`;
+      const text = document.createElement("div");
+      text.className = "string";
+      text.textContent = value;
+      out.append(label, text);
+    } else if (Array.isArray(value)) {
+      value.forEach((item, index) => readableFields(item, `${path}[${index}]`, out));
+    } else if (value && typeof value === "object") {
+      for (const [key, item] of Object.entries(value)) {
+        readableFields(item, path ? `${path}.${key}` : key, out);
+      }
+    } else {
+      const line = document.createElement("div");
+      line.className = "path";
+      line.textContent = `${path}: ${JSON.stringify(value)}`;
+      out.append(line);
+    }
+  }
+
+  function showRaw(raw) {
+    ui.upstream.hidden = !raw;
+    ui.readable.hidden = raw;
+    ui.rawToggle.setAttribute("aria-pressed", String(raw));
+    ui.rawToggle.textContent = raw ? "readable" : "raw JSON";
   }
 
   function appliedFormat(upstreamBody) {
@@ -483,16 +534,32 @@
 
   // ---- the conversation ----------------------------------------------------------------
 
+  // The turn being answered, shown once: in the conversation, its answer streaming in.
+  function startTurn(message) {
+    // Only the newest answer carries the hook tests and tools read.
+    for (const old of document.querySelectorAll('[data-testid="answer-output"]')) {
+      old.removeAttribute("data-testid");
+    }
+    renderMessage(message, ui.live);
+    const entry = renderMessage({ role: "assistant", content: "" }, ui.live);
+    ui.answer = entry.querySelector("p");
+    ui.answer.dataset.testid = "answer-output";
+  }
+
+  // A stopped or failed turn stays in view, marked, and is not part of the conversation.
+  function markUnsent() {
+    for (const entry of ui.live.children) entry.classList.add("unsent");
+  }
+
   function commitTurn(message, answer) {
     state.history.push(message, { role: "assistant", content: answer });
-    renderMessage(message);
-    renderMessage({ role: "assistant", content: answer });
+    ui.history.append(...Array.from(ui.live.children)); // moved, not copied: shown once
     state.pending = [];
     renderPending();
     ui.prompt.value = "";
   }
 
-  function renderMessage(message) {
+  function renderMessage(message, list) {
     const entry = document.createElement("li");
     entry.className = message.role;
     const role = document.createElement("span");
@@ -511,7 +578,8 @@
         entry.append(thumbnail(part.image_url.url, "image sent in this message"));
       }
     }
-    ui.history.append(entry);
+    list.append(entry);
+    return entry;
   }
 
   function newConversation() {
@@ -526,11 +594,14 @@
     ui.error.hidden = true;
     ui.error.replaceChildren();
     ui.reasoning.replaceChildren();
-    ui.answer.replaceChildren();
+    ui.live.replaceChildren();
+    ui.answer = null;
     ui.timing.replaceChildren();
     ui.cache.textContent = "";
     ui.usage.textContent = "";
     ui.upstream.replaceChildren();
+    ui.readable.replaceChildren();
+    ui.rawToggle.hidden = true;
     ui.upstreamSize.textContent = "";
   }
 
@@ -582,6 +653,7 @@
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) send();
   });
   ui.send.addEventListener("click", send);
+  ui.rawToggle.addEventListener("click", () => showRaw(ui.upstream.hidden));
   ui.reset.addEventListener("click", newConversation);
   ui.stop.addEventListener("click", () => state.abort && state.abort.abort());
   loadConfig();

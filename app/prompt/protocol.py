@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import ErrorDetails
 
 # Sent by the proxy only toward its embedded echo upstream (app/echo/upstream.py): each
 # image's pixel size, in order ("640x480,1024x768"), which the seed's prompt does not carry.
@@ -69,9 +70,39 @@ class ImageUrlPart(OpenAIModel):
         return {"url": value} if isinstance(value, str) else value
 
 
+class RefusalPart(OpenAIModel):
+    """An assistant's refusal in the history (`{"type": "refusal", "refusal": "..."}`)."""
+
+    type: Literal["refusal"]
+    refusal: str
+
+
+class OtherPart(OpenAIModel):
+    """A part the proxy does not bridge (`input_audio`, or a type it does not know): it
+    passes through to the upstream untouched."""
+
+    type: str
+
+
+# Part types refused by name until the proxy reads them (a `file` is a document).
+UNREAD_PART_TYPES = frozenset({"file"})
+
+
+def _part_tag(part: Any) -> str | None:
+    kind = part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
+    if not isinstance(kind, str):
+        return None
+    if kind in ("text", "image_url", "refusal") or kind in UNREAD_PART_TYPES:
+        return kind  # an unread type has no tag below: pydantic refuses it by name
+    return "other"
+
+
 ContentPart = Annotated[
-    Annotated[TextPart, Tag("text")] | Annotated[ImageUrlPart, Tag("image_url")],
-    Discriminator("type"),
+    Annotated[TextPart, Tag("text")]
+    | Annotated[ImageUrlPart, Tag("image_url")]
+    | Annotated[RefusalPart, Tag("refusal")]
+    | Annotated[OtherPart, Tag("other")],
+    Discriminator(_part_tag),
 ]
 
 
@@ -133,11 +164,27 @@ class EmbeddingRequest(OpenAIModel):
 def validation_param(error: ValidationError) -> tuple[str, str | None]:
     """A readable message and OpenAI-style `param` (`messages[0].content[1].image_url`) for
     the most specific problem pydantic found."""
+    deepest = _deepest(error)
+    param = _loc_to_param(deepest["loc"])
+    message = deepest["msg"]
+    if deepest["type"] == "missing" and param:
+        return f"Missing required parameter: {param!r}.", param  # OpenAI's words
+    if deepest["type"] == "union_tag_invalid":  # only content parts have a tagged union
+        message = f"content part type {deepest.get('ctx', {}).get('tag')!r} is not supported"
+    elif deepest["type"] == "union_tag_not_found":
+        message = "a content part needs a string 'type'"
+    return f"{message}{f' at {param}' if param else ''}", param
+
+
+def validation_code(error: ValidationError) -> str | None:
+    """OpenAI's error code for the problem `validation_param` describes, where it has one."""
+    return "missing_required_parameter" if _deepest(error)["type"] == "missing" else None
+
+
+def _deepest(error: ValidationError) -> ErrorDetails:
     # With `content: str | list[...]`, pydantic reports a failure for each branch; the one
     # that went deepest is the one that describes the user's mistake.
-    deepest = max(error.errors(include_url=False), key=lambda item: len(item["loc"]))
-    param = _loc_to_param(deepest["loc"])
-    return f"{deepest['msg']}{f' at {param}' if param else ''}", param
+    return max(error.errors(include_url=False), key=lambda item: len(item["loc"]))
 
 
 def _loc_to_param(loc: tuple[int | str, ...]) -> str | None:
@@ -148,7 +195,7 @@ def _loc_to_param(loc: tuple[int | str, ...]) -> str | None:
             path += f"[{item}]"
         elif "[" in item or item in ("str", "list"):
             pass  # union branch names are not in the user's document
-        elif isinstance(previous, int) and item in ("text", "image_url"):
+        elif isinstance(previous, int) and item in ("text", "image_url", "refusal", "other"):
             pass  # a content part's discriminator tag; the field name, if any, follows it
         else:
             path += f".{item}" if path else item

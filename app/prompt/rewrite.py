@@ -3,7 +3,9 @@
 `inline` turns a message whose content is a list of parts into one string, the parts in
 order joined by "\\n": text as it is, an image of the last user message as
 `<image>v1,...,v768</image>`, an image of any earlier message as
-`<retain_image_emb>v1,...</retain_image_emb>` (the seed's cross-turn memory).
+`<retain_image_emb>v1,...</retain_image_emb>` (the seed's cross-turn memory). A `refusal`
+part is joined as its text; a message with a part that is no text (`input_audio`, a type the
+proxy does not know) keeps its list, that part untouched.
 
 `content_part` keeps the list and swaps each `image_url` part for the seed's
 `{"type": "image_embedding", "image_embedding": {"embedding": "...", "format": "clip_vector_v1"}}`.
@@ -181,12 +183,22 @@ def rewrite_messages(
                     parts.append({"type": "text", "text": facts.render(template)})
                 else:
                     parts.append(_embedding_part(facts))
-            if prompt_format is PromptFormat.inline:
-                out["content"] = "\n".join(str(part["text"]) for part in parts)
+            if prompt_format is PromptFormat.inline and all(map(_is_textual, parts)):
+                out["content"] = "\n".join(_part_text(part) for part in parts)
             else:
+                # `content_part`, or a part inline cannot write as text (`input_audio`, a
+                # type the proxy does not know): the list stays, that part untouched.
                 out["content"] = parts
         rewritten.append(out)
     return rewritten
+
+
+def _is_textual(part: Mapping[str, Any]) -> bool:
+    return part.get("type") in ("text", "refusal")
+
+
+def _part_text(part: Mapping[str, Any]) -> str:
+    return str(part["refusal"] if part.get("type") == "refusal" else part["text"])
 
 
 def _retained_as_refs(messages: list[Message], current: int, keep: int) -> set[Location]:

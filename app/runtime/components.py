@@ -139,6 +139,11 @@ async def start_engine(
 ) -> None:
     """Load and warm the models in the background; once ready, freeze what start-up built
     and log one `ready` line. A failure is noted in `startup` (the engine logged it)."""
+    # At once: loading takes seconds to minutes, and start-up is never silent meanwhile.
+    logger.info(
+        "loading models",
+        extra={"model": settings.clip_model, "device": ",".join(settings.device)},
+    )
     failure = await engine.start()
     if failure is not None:
         startup.failure = failure

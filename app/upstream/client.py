@@ -39,6 +39,7 @@ from app.errors import (
     ProxyError,
     UpstreamBadResponse,
     UpstreamStatus,
+    UpstreamTlsError,
 )
 from app.observability.request_context import current_request_headers, current_request_id
 from app.upstream.forward_headers import forwarded_headers
@@ -200,6 +201,11 @@ class UpstreamClient:
                     )
                 return outcome
             if delay_s is None:
+                if not isinstance(outcome, UpstreamStatus | UpstreamTlsError):  # TLS: logged
+                    logger.warning(
+                        "upstream failed",
+                        extra={"upstream": f"{url.host}:{url.port}", "error": outcome.message},
+                    )
                 raise outcome
             self._on_retry(reason)
             logger.info("retrying upstream", extra={"retry": retry + 1, "reason": reason})
@@ -242,7 +248,7 @@ class UpstreamClient:
                 )
         except UPSTREAM_ERRORS as exc:
             self._slots.release()
-            error = translate(exc)
+            error = translate(exc, host=f"{url.host}:{url.port}")
             error.__cause__ = exc
             if is_tls_failure(exc):
                 logger.error("TLS with the upstream failed", extra={"error": error.message})

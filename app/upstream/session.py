@@ -228,11 +228,13 @@ def tls_problem(exc: BaseException) -> str:
     return "the TLS handshake failed"
 
 
-def translate(exc: BaseException, *, in_stream: bool = False) -> ProxyError:
+def translate(exc: BaseException, *, in_stream: bool = False, host: str = "") -> ProxyError:
     """aiohttp's exceptions to ours, at this one edge. `in_stream`: the failure cut a
-    relayed stream, after its headers."""
+    relayed stream, after its headers. `host` ("api.example.com:443") is named in the
+    message, with the cause: refused, DNS, TLS, timeout."""
+    at = f" {host}" if host else ""
     if is_tls_failure(exc):
-        return UpstreamTlsError(f"TLS with the upstream failed: {tls_problem(exc)}")
+        return UpstreamTlsError(f"TLS with the upstream{at} failed: {tls_problem(exc)}")
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return UpstreamUnreachable(
             f"the egress proxy refused the connection to the upstream: {exc.status}"
@@ -240,13 +242,23 @@ def translate(exc: BaseException, *, in_stream: bool = False) -> ProxyError:
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         return UpstreamUnreachable("cannot reach the egress proxy")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamTimeout("connecting to the upstream timed out")
+        return UpstreamTimeout(f"connecting to the upstream{at} timed out")
     if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
-        return UpstreamTimeout("the upstream did not answer in time")
+        return UpstreamTimeout(f"the upstream{at} did not answer in time")
     if in_stream and isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError):
         return truncated()
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return UpstreamUnreachable(
+            f"cannot reach the upstream{at}: its name does not resolve (DNS); "
+            "check CLIP_PROXY_UPSTREAM_BASE_URL"
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamUnreachable("cannot reach the upstream")
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return UpstreamUnreachable(
+                f"cannot reach the upstream{at}: connection refused (is it running on that "
+                "port? check CLIP_PROXY_UPSTREAM_BASE_URL)"
+            )
+        return UpstreamUnreachable(f"cannot reach the upstream{at}: {exc.os_error.strerror}")
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         # With TLS 1.3 a server that refuses our client certificate (or wants one) says so
         # after the handshake, and asyncio reports its alert as a plain close: say so.
@@ -256,7 +268,7 @@ def translate(exc: BaseException, *, in_stream: bool = False) -> ProxyError:
         )
     if isinstance(exc, aiohttp.ClientResponseError):
         return UpstreamBadResponse("the upstream's answer is not valid HTTP")
-    return UpstreamUnreachable("cannot reach the upstream")
+    return UpstreamUnreachable(f"cannot reach the upstream{at}")
 
 
 def truncated() -> UpstreamStreamTruncated:

@@ -158,7 +158,7 @@ def test_request_log_has_ids_and_timings_and_no_key_or_image(
     assert stream_line["images"] == 1
     assert by_id["log-test-upload"]["status"] == 200
     assert by_id["log-test-broken"]["status"] == 400
-    assert by_id["log-test-broken"]["error"] == "invalid_image"
+    assert by_id["log-test-broken"]["error"] == "invalid_image_format"
     # Probes are not INFO noise: the readiness polling left no INFO request lines.
     assert not [line for line in lines if line.get("route") == "/readyz"]
 

@@ -57,9 +57,14 @@ PNG = (DATA / "camera.png").read_bytes()
 BAD_REQUESTS = [
     ("not-json", b"{not json", None, "not valid JSON"),
     ("array", b"[1, 2]", None, "JSON object"),
-    ("no-messages", b'{"model": "x"}', "messages", "Field required"),
+    ("no-messages", b'{"model": "x"}', "messages", "Missing required parameter: 'messages'."),
     ("empty-messages", b'{"messages": []}', "messages", "at least 1"),
-    ("bad-role", b'{"messages": [{"content": "x"}]}', "messages[0].role", "Field required"),
+    (
+        "bad-role",
+        b'{"messages": [{"content": "x"}]}',
+        "messages[0].role",
+        "Missing required parameter: 'messages[0].role'.",
+    ),
     (
         "stream-type",
         b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
@@ -69,14 +74,10 @@ BAD_REQUESTS = [
     (
         "unknown-part",
         json.dumps(
-            {
-                "messages": [
-                    {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}
-                ]
-            }
+            {"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]}
         ).encode(),
         "messages[0].content[0]",
-        "input_audio",
+        "'file'",
     ),
     (
         "no-url",
@@ -84,7 +85,7 @@ BAD_REQUESTS = [
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
         ).encode(),
         "messages[0].content[0].image_url.url",
-        "Field required",
+        "Missing required parameter",
     ),
     ("invalid-utf8", b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', None, "JSON"),
     ("deep-json", b"[" * 5000 + b"]" * 5000, None, "JSON"),

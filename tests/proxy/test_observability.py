@@ -204,10 +204,10 @@ def test_error_body_carries_the_request_id_and_the_error_is_counted(proxy: Proxy
     assert error.request_id == "req-bad-image"  # the SDK reads the X-Request-ID header
     body = error.response.json()
     assert body["request_id"] == "req-bad-image"
-    assert body["error"]["code"] == "invalid_image"
+    assert body["error"]["code"] == "invalid_image_format"
     after = scrape(proxy.url)
     errors = "clip_proxy_errors_total"
-    assert grew(before, after, errors, type="invalid_image") == 1
+    assert grew(before, after, errors, type="invalid_image_format") == 1
     requests = "clip_proxy_requests_total"
     assert grew(before, after, requests, route=CHAT, status="4xx") == 1
 

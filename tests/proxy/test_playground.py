@@ -343,6 +343,10 @@ def test_page_headers_and_files(proxy: ProxyServer) -> None:
         "send-button",
         "reasoning-output",
         "answer-output",
+        "live-turn",
+        "attached-summary",
+        "upstream-readable",
+        "upstream-raw-toggle",
         "upstream-body",
         "error-output",
         "api-key-input",
@@ -382,7 +386,9 @@ def test_playground_can_be_turned_off(start_proxy: Callable[..., ProxyServer]) -
     for path in ("/", "/playground", "/playground/playground.js"):
         response = httpx.get(server.url + path, timeout=10)
         assert response.status_code == 404, path
-        assert response.json()["error"]["type"] == "not_found_error"
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error"
+        assert error["message"] == f"Invalid URL (GET {path})"
 
 
 def test_images_can_be_pasted_and_dropped(
@@ -454,3 +460,90 @@ def test_keepalive_pings_while_the_model_thinks_are_ignored(
     assert page.text("reasoning-output") == "The user sent a cat."
     assert page.text("answer-output") == "A cat on a sofa."
     assert page.find("error-output").is_displayed() is False
+
+
+def test_the_picker_says_what_is_attached(
+    playground: Callable[[ProxyServer], Playground], proxy: ProxyServer, tmp_path: Path
+) -> None:
+    page = playground(proxy)
+    assert page.text("attached-summary") == "No images attached."
+    first = write(tmp_path, "first-cup.png", fresh_png(1701))
+    second = write(tmp_path, "second-cup.png", fresh_png(1702))
+    page.pick(first, second)
+    page.shot("attached")
+    summary = page.text("attached-summary")
+    assert summary.startswith("2 images attached")
+    assert "first-cup.png" in summary and "second-cup.png" in summary
+    # The native input's own "No file chosen" is not what the user reads.
+    area = page.driver.execute_script(
+        "const box = arguments[0].getBoundingClientRect(); return box.width * box.height",
+        page.find("image-input"),
+    )
+    assert area <= 1
+    page.ask("Two cups?")
+    page.wait_done()
+    assert page.text("attached-summary") == "No images attached."
+
+
+def test_the_answer_appears_once_in_the_conversation(
+    playground: Callable[[ProxyServer], Playground],
+    proxy: ProxyServer,
+    upstream: FakeUpstream,
+) -> None:
+    answer = "A single answer, shown once."
+    upstream.script(Reply(events=r1_events(answer=(answer,))))
+    page = playground(proxy)
+    page.ask("Say it once.")
+    page.wait_done()
+    page.shot("answered-once")
+    seen = page.driver.execute_script("return document.body.innerText")
+    assert seen.count(answer) == 1
+    assert page.text("answer-output") == answer
+    in_history = page.driver.find_elements(
+        By.CSS_SELECTOR, '[data-testid="history"] [data-testid="answer-output"]'
+    )
+    assert len(in_history) == 1
+
+
+def test_the_upstream_body_reads_as_text_with_raw_json_one_click_away(
+    playground: Callable[[ProxyServer], Playground], proxy: ProxyServer
+) -> None:
+    page = playground(proxy)
+    prompt = page.find("prompt-input")
+    prompt.send_keys("first line")
+    prompt.send_keys(webdriver.common.keys.Keys.SHIFT, webdriver.common.keys.Keys.ENTER)
+    prompt.send_keys("second line")
+    page.find("send-button").click()
+    page.wait_done()
+    page.wait(lambda: "characters" in page.text("upstream-size"))
+    readable = page.find("upstream-readable")
+    assert readable.is_displayed() and not page.find("upstream-body").is_displayed()
+    text = readable.text
+    assert "messages[0].content:" in text
+    assert "first line\nsecond line" in text and "\\n" not in text  # real line breaks
+    page.find("upstream-raw-toggle").click()
+    page.shot("raw-json")
+    raw = page.find("upstream-body")
+    assert raw.is_displayed() and not readable.is_displayed()
+    assert json.loads(raw.text)["messages"][0]["content"] == "first line\nsecond line"
+    page.find("upstream-raw-toggle").click()
+    assert readable.is_displayed()
+
+
+def test_the_timing_table_shows_ocr_when_it_ran(
+    playground: Callable[[ProxyServer], Playground],
+    start_proxy: Callable[..., ProxyServer],
+    tmp_path: Path,
+) -> None:
+    server = start_proxy(prompt_preset="describe", ocr_enabled=True, ocr_threads=1)
+    page = playground(server)
+    page.pick(write(tmp_path, "cup.png", fresh_png(1801)))
+    page.ask("Any text?")
+    page.wait_done()
+    stages = [
+        cell.text
+        for cell in page.driver.find_elements(
+            By.CSS_SELECTOR, '[data-testid="server-timing"] td:first-child'
+        )
+    ]
+    assert "ocr" in stages and "encode" in stages

@@ -246,8 +246,8 @@ def test_a_poisoned_image_fails_only_its_own_request(
     responses = asyncio.run(post_concurrently(proxy.url, urls))
 
     assert [r.status_code for r in responses] == [200, 200, 400, 200, 400, 200]
-    assert responses[2].json()["error"]["code"] == "invalid_image"
-    assert responses[4].json()["error"]["code"] == "invalid_image"
+    assert responses[2].json()["error"]["code"] == "invalid_image_format"
+    assert responses[4].json()["error"]["code"] == "invalid_image_format"
     vectors = [image_vector(r) for r in responses if r.status_code == 200]
     assert all(cosine(v, vectors[0]) >= 0.9999 for v in vectors)
 
