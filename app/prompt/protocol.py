@@ -69,8 +69,24 @@ class ImageUrlPart(OpenAIModel):
         return {"url": value} if isinstance(value, str) else value
 
 
+class FileData(OpenAIModel):
+    """OpenAI's `file` part body: `file_data` (a data URL, or bare base64 with `filename`),
+    or `file_id` (refused by the service: the proxy has no Files API)."""
+
+    filename: str | None = None
+    file_data: str | None = None
+    file_id: str | None = None
+
+
+class FilePart(OpenAIModel):
+    type: Literal["file"]
+    file: FileData
+
+
 ContentPart = Annotated[
-    Annotated[TextPart, Tag("text")] | Annotated[ImageUrlPart, Tag("image_url")],
+    Annotated[TextPart, Tag("text")]
+    | Annotated[ImageUrlPart, Tag("image_url")]
+    | Annotated[FilePart, Tag("file")],
     Discriminator("type"),
 ]
 
@@ -106,6 +122,8 @@ class ProxyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     preset: PromptPreset | None = None
+    # Which pages of the request's PDFs to read: "1-5,9" (1-based; "12-" to the end).
+    pages: str | None = Field(None, max_length=512)
 
 
 class ChatCompletionRequest(OpenAIModel):
@@ -148,7 +166,7 @@ def _loc_to_param(loc: tuple[int | str, ...]) -> str | None:
             path += f"[{item}]"
         elif "[" in item or item in ("str", "list"):
             pass  # union branch names are not in the user's document
-        elif isinstance(previous, int) and item in ("text", "image_url"):
+        elif isinstance(previous, int) and item in ("text", "image_url", "file"):
             pass  # a content part's discriminator tag; the field name, if any, follows it
         else:
             path += f".{item}" if path else item

@@ -1,0 +1,91 @@
+"""PDF extraction in a process of its own, one per document, at most `workers` at a time.
+
+PDFium is not thread-safe, and a hostile file may hang it, loop in it or ask it for
+gigabytes: each document is read by a fresh `python -m app.documents.child` under an
+address-space cap, killed at the caller's deadline. Only that request fails. What comes
+back is JSON (pictures as base64), never pickle: the child has parsed untrusted bytes.
+
+    workers = ExtractionWorkers(workers=2, memory_bytes=2 * GiB)
+    extraction = await workers.extract(data, wanted, max_pages, render)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from app.documents.extract import DocumentProblem, Extraction, Page, RenderLimits
+from app.documents.pages import PageRanges
+
+# Past this, a child's answer is not read (pages are capped in characters and pixels).
+MAX_ANSWER_BYTES = 1024 * 1024 * 1024
+
+
+class WorkerCrashed(Exception):
+    """The child died (out of memory, a crash in PDFium) without an answer."""
+
+
+class ExtractionWorkers:
+    def __init__(self, *, workers: int, memory_bytes: int) -> None:
+        self._slots = asyncio.Semaphore(workers)
+        self._memory_bytes = memory_bytes
+
+    async def extract(
+        self, data: bytes, wanted: PageRanges | None, max_pages: int, render: RenderLimits
+    ) -> Extraction:
+        """The pages; `DocumentProblem` for a bad file, `WorkerCrashed` when the child died.
+        Cancelled (the caller's deadline), the child is killed."""
+        request = json.dumps(
+            {
+                "wanted": wanted,
+                "max_pages": max_pages,
+                "render": asdict(render),
+                "memory_bytes": self._memory_bytes,
+                "size": len(data),
+            }
+        ).encode()
+        async with self._slots:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "app.documents.child",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                limit=MAX_ANSWER_BYTES,
+            )
+            try:
+                output, _ = await process.communicate(request + b"\n" + data)
+            finally:
+                if process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                    await process.wait()
+        try:
+            answer = json.loads(output)
+        except ValueError:
+            raise WorkerCrashed(
+                f"the PDF reader ended ({process.returncode}) without an answer"
+            ) from None
+        return _from_json(answer)
+
+
+def _from_json(answer: dict[str, Any]) -> Extraction:
+    if "problem" in answer:
+        code, message = answer["problem"]
+        raise DocumentProblem(str(code), str(message))
+    pages = [
+        Page(
+            n=int(page["n"]),
+            text=str(page["text"]),
+            image=base64.b64decode(page["image"]),
+            note=str(page["note"]),
+        )
+        for page in answer["pages"]
+    ]
+    return Extraction(int(answer["page_count"]), pages, [int(n) for n in answer["left_out"]])
