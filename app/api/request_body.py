@@ -237,7 +237,10 @@ async def _read_upload(
     if upload.size is not None and upload.size > most:
         raise PayloadTooLarge(f"the file is larger than {most} bytes", param=param)
     data = await upload.read(most + 1)
-    if field == FILE_FIELD or is_document_upload(data):
+    # A PDF is a document whatever it is called; other content is sniffed as text unless
+    # the client declared it an image (then the image decoder says what is wrong with it).
+    declared_image = (upload.content_type or "").lower().startswith("image/")
+    if field == FILE_FIELD or is_document_upload(data, text=not declared_image):
         if len(data) > limits.max_document_bytes:
             raise PayloadTooLarge(
                 f"the document is larger than {limits.max_document_bytes} bytes", param=param

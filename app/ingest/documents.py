@@ -77,11 +77,11 @@ def document_from_part(
     return DocumentSource(data=data, name=filename or f"document-{index}", param=param)
 
 
-def is_document_upload(data: bytes) -> bool:
-    """A PDF, or anything that is not an image and decodes as UTF-8 text."""
+def is_document_upload(data: bytes, *, text: bool = True) -> bool:
+    """A PDF, or (with `text`) anything that is not an image and decodes as UTF-8 text."""
     if b"%PDF-" in data[:1024]:
         return True
-    if not data or data.startswith(_IMAGE_MAGIC) or b"ftyp" in data[4:12]:
+    if not text or not data or data.startswith(_IMAGE_MAGIC) or b"ftyp" in data[4:12]:
         return False
     try:
         data[:65536].decode("utf-8")

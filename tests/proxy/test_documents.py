@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests import pdfs
@@ -347,3 +348,40 @@ def test_a_document_past_its_deadline_is_a_504(start_proxy: Callable[..., ProxyS
     assert reply.status_code == 504
     assert error_of(reply)["code"] == "document_timeout"
     assert send(proxy, ask(), **DRY_RUN).status_code == 200
+
+
+def test_the_openai_sdk_sends_a_pdf_and_the_echo_accounts_for_it(
+    start_proxy: Callable[..., ProxyServer],
+) -> None:
+    proxy = start_proxy(upstream_base_url="echo", upstream_api_key="")
+    data, written = pdfs.english_pdf(pages=2, lines=8, seed=99)
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0)
+    encoded = base64.b64encode(data).decode()
+
+    completion = client.chat.completions.create(
+        model="deepseek-r1",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Summarise the contract"},
+                    {
+                        "type": "file",
+                        "file": {
+                            "filename": "contract.pdf",
+                            "file_data": f"data:application/pdf;base64,{encoded}",
+                        },
+                    },
+                ],
+            }
+        ],
+    )
+
+    answer = completion.choices[0].message.content or ""
+    chars = sum(len(page) for page in written)
+    line = re.search(
+        r"document 1: 'contract.pdf', 2 pages, read text:2, ([\d,]+) characters\.", answer
+    )
+    assert line is not None, answer
+    assert abs(int(line[1].replace(",", "")) - chars) <= chars * 0.01 + 4
+    assert "The question: 'Summarise the contract'." in answer
