@@ -85,7 +85,7 @@ def text_cer() -> dict[str, Any]:
 
 
 def scanned(model: OcrModel, cjk: bool, pages: int = 3) -> dict[str, Any]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for seed in range(pages):
         if cjk:
             lines = pdfs.chinese_lines(30, seed=100 + seed, width=30)
