@@ -8,6 +8,7 @@ import base64
 import html
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
 
 from tests import pdfs
 from tests.helpers import DRY_RUN, ProxyServer, metric_value, proxy_settings
@@ -385,3 +387,34 @@ def test_the_openai_sdk_sends_a_pdf_and_the_echo_accounts_for_it(
     assert line is not None, answer
     assert abs(int(line[1].replace(",", "")) - chars) <= chars * 0.01 + 4
     assert "The question: 'Summarise the contract'." in answer
+
+
+def test_replicas_share_page_readings_through_redis(
+    start_proxy: Callable[..., ProxyServer],
+) -> None:
+    prefix = f"i25-documents-{uuid.uuid4().hex}:"
+    shared = {"cache_url": "redis://127.0.0.1:6379/5", "cache_key_prefix": prefix}
+    first, second = start_proxy(**shared), start_proxy(**shared)
+    data, written = pdfs.english_pdf(pages=3, lines=6, seed=123)
+    store = redis.Redis.from_url("redis://127.0.0.1:6379/5")
+    try:
+        assert send(first, ask(file_part(data)), **DRY_RUN).status_code == 200
+        deadline = time.monotonic() + 10
+        while len(list(store.scan_iter(f"{prefix}*"))) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the page count and three pages, written after the answer
+
+        reply = send(second, ask(file_part(data)), **DRY_RUN)
+
+        assert reply.status_code == 200
+        read = pages_of(reply.json()["messages"][0]["content"])
+        assert pdfs.cer(read[3], written[2]) <= 0.01
+        assert metric_value(second.url, "clip_proxy_document_pages_total", read="text") == 0
+        hits = metric_value(
+            second.url, "clip_proxy_words_cache_hits_total", kind="document", backend="redis"
+        )
+        assert hits == 4
+    finally:
+        keys = list(store.scan_iter(f"{prefix}*"))
+        if keys:
+            store.delete(*keys)
+        store.close()
