@@ -52,8 +52,22 @@ def main() -> None:
         answer = {
             "problem": ["invalid_document", f"the PDF could not be read ({type(exc).__name__})"]
         }
+    answer["peak_rss_kib"] = _peak_rss_kib()
     sys.stdout.buffer.write(json.dumps(answer).encode())
     sys.stdout.buffer.flush()
+
+
+def _peak_rss_kib() -> int:
+    """This process's RSS high-water mark since its exec (ru_maxrss would count the forked
+    server's pages too)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ class Extraction:
     page_count: int
     pages: list[Page]
     left_out: list[int]  # (first, last) pairs, flat: pages past the cap
+    peak_rss_kib: int = 0  # the reader process's high-water mark (set by child.py)
 
 
 def is_pdf(data: bytes) -> bool:

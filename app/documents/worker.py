@@ -60,7 +60,7 @@ class ExtractionWorkers:
                 limit=MAX_ANSWER_BYTES,
             )
             try:
-                output, _ = await process.communicate(request + b"\n" + data)
+                output = await _exchange(process, request, data)
             finally:
                 if process.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
@@ -73,6 +73,25 @@ class ExtractionWorkers:
                 f"the PDF reader ended ({process.returncode}) without an answer"
             ) from None
         return _from_json(answer)
+
+
+async def _exchange(process: asyncio.subprocess.Process, request: bytes, data: bytes) -> bytes:
+    """Header and file in, answer out; the file is written as it is (no joined copy)."""
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        process.stdin.write(request + b"\n")
+        process.stdin.write(data)
+        await process.stdin.drain()
+        process.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the child ended early; its answer (or its absence) says why
+    output = bytearray()
+    while chunk := await process.stdout.read(1024 * 1024):
+        output += chunk
+        if len(output) > MAX_ANSWER_BYTES:
+            return b""  # not an answer a reader of capped pages writes
+    await process.wait()
+    return bytes(output)
 
 
 def _from_json(answer: dict[str, Any]) -> Extraction:
@@ -88,4 +107,9 @@ def _from_json(answer: dict[str, Any]) -> Extraction:
         )
         for page in answer["pages"]
     ]
-    return Extraction(int(answer["page_count"]), pages, [int(n) for n in answer["left_out"]])
+    return Extraction(
+        int(answer["page_count"]),
+        pages,
+        [int(n) for n in answer["left_out"]],
+        peak_rss_kib=int(answer.get("peak_rss_kib", 0)),
+    )
