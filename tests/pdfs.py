@@ -281,3 +281,38 @@ def cer(read: str, written: str) -> float:
             )
         previous = current
     return previous[-1] / len(b)
+
+
+def typeset_pdf(lines: list[str]) -> bytes:
+    """One page, DejaVu Sans: ligature characters and hyphens kept as written."""
+    return text_pdf([lines])
+
+
+def broken_layer_pdf(lines: list[str]) -> bytes:
+    """A page that shows `lines` as a picture under an invisible text layer of private-use
+    characters: what a CJK font without a usable ToUnicode map gives a text extractor."""
+    _register_fonts()
+    out = io.BytesIO()
+    page = canvas.Canvas(out, pagesize=A4)
+    page.drawImage(ImageReader(page_image(lines)), 0, 0, width=A4[0], height=A4[1])
+    text = page.beginText(50, A4[1] - 60)
+    text.setFont("DejaVu", 11)
+    text.setTextRenderMode(3)  # invisible, as OCR'd or broken layers are
+    for line in lines:
+        text.textLine("".join(chr(0xE000 + (ord(char) % 2000)) for char in line))
+    page.drawText(text)
+    page.showPage()
+    page.save()
+    return out.getvalue()
+
+
+def giant_page_pdf(inches: int = 200) -> bytes:
+    """One `inches` x `inches` page (PDF's largest) holding a small picture, no text."""
+    side = inches * 72
+    picture = Image.new("L", (64, 64), 128)
+    out = io.BytesIO()
+    page = canvas.Canvas(out, pagesize=(side, side))
+    page.drawImage(ImageReader(picture), 0, 0, width=side, height=side)
+    page.showPage()
+    page.save()
+    return out.getvalue()

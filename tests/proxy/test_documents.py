@@ -418,3 +418,15 @@ def test_replicas_share_page_readings_through_redis(
         if keys:
             store.delete(*keys)
         store.close()
+
+
+def test_a_page_with_a_broken_text_layer_is_read_by_ocr(reader: ProxyServer) -> None:
+    lines = pdfs.english_lines(6, seed=131)
+
+    reply = send(reader, ask(file_part(pdfs.broken_layer_pdf(lines))), **DRY_RUN)
+
+    assert reply.status_code == 200, reply.text
+    content = reply.json()["messages"][0]["content"]
+    assert 'pages="1" read="ocr:1"' in content
+    assert "\ue000" not in content
+    assert pdfs.cer(pages_of(content)[1], "\n".join(lines)) <= 0.05

@@ -1,0 +1,77 @@
+"""The document core without a server: page ranges, text repair, the usable-layer test, and
+PDFium's extraction bounded in pixels (real PDFs from tests/pdfs.py)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from app.documents.extract import RenderLimits, extract_pdf, repair_text, usable
+from app.documents.pages import describe_ranges, parse_pages, select_pages
+from app.prompt.documents import DocumentTemplates, DocumentWords, PageWords, render_documents
+from tests import pdfs
+
+
+def test_page_ranges() -> None:
+    assert parse_pages("1-5, 9") == ((1, 5), (9, 9))
+    assert select_pages(12, parse_pages("1-3,9,11-"), max_pages=100) == ([1, 2, 3, 9, 11, 12], [])
+    assert select_pages(12, None, max_pages=5) == ([1, 2, 3, 4, 5], [6, 12])
+    assert describe_ranges([6, 12, 15, 15]) == "6-12,15"
+    for bad in ("", "0", "5-2", "a", "1-2-3", ",".join(["1"] * 65)):
+        with pytest.raises(ValueError):
+            parse_pages(bad)
+
+
+def test_ligatures_and_hyphenation_are_repaired() -> None:
+    raw = "The \ufb01nancial o\ufb03ce\r\nsigned the agree-\r\nment; the Anglo-\r\nSaxon term"
+    assert repair_text(raw) == (
+        "The financial office\nsigned the agreement; the Anglo-\nSaxon term"
+    )
+
+
+def test_a_layer_of_private_use_or_replacement_characters_is_not_usable() -> None:
+    assert usable("An ordinary line of text")
+    assert usable("本合同双方同意以下条款")
+    assert not usable("  \n ")
+    assert not usable("\ue001\ue002\ue003 ab")
+    assert not usable("\ufffd\ufffd\ufffd\ufffd x")
+
+
+def test_ligatures_in_a_real_pdf_reach_the_text() -> None:
+    data = pdfs.typeset_pdf(["The \ufb01nancial o\ufb03ce", "signed the agree-", "ment today"])
+
+    [page] = extract_pdf(data, None, 10, RenderLimits()).pages
+
+    assert "financial office" in page.text
+    assert "agreement today" in page.text
+
+
+def test_a_broken_text_layer_is_rendered_for_ocr() -> None:
+    data = pdfs.broken_layer_pdf(pdfs.english_lines(5, seed=3))
+
+    [page] = extract_pdf(data, None, 10, RenderLimits()).pages
+
+    assert page.text == ""
+    assert Image.open(io.BytesIO(page.image)).size == (1654, 2339)  # A4 at 200 DPI
+
+
+def test_a_200_inch_page_is_rendered_within_the_pixel_cap() -> None:
+    limits = RenderLimits(max_pixels=4_000_000)
+
+    [page] = extract_pdf(pdfs.giant_page_pdf(200), None, 10, limits).pages
+
+    width, height = Image.open(io.BytesIO(page.image)).size
+    assert width * height <= 4_000_000
+    assert width == height >= 1900
+
+
+def test_the_char_cap_cuts_and_says_so() -> None:
+    document = DocumentWords("a.txt", 0, [PageWords(1, "text", "x" * 50)])
+
+    [block], truncated = render_documents([document], DocumentTemplates(), max_chars=20)
+
+    assert truncated
+    assert "x" * 20 + "\n[... 30 more characters left out" in block
+    assert "x" * 21 not in block
