@@ -19,7 +19,9 @@ _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^;,]*)*?;base64,
 TEXT_TYPES = frozenset(
     {"text/plain", "text/markdown", "text/x-markdown", "text/csv", "application/json"}
 )
-_PDF_TYPES = frozenset({"application/pdf", "application/x-pdf"})
+# Browsers label a file they do not know (a `.md` on many systems) as octet-stream: the
+# content decides then.
+_PDF_TYPES = frozenset({"application/pdf", "application/x-pdf", "application/octet-stream"})
 # Image formats by their first bytes: an upload starting so is an image, whatever it is called.
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"\x00\x00\x00")
 
