@@ -183,6 +183,8 @@ class Settings(BaseSettings):
     # Characters of document text per request; past it the text is cut (and the cut said).
     document_max_chars: int = Field(200_000, ge=1)
     max_document_bytes: int = Field(50 * MiB, ge=1)
+    # Document parts and uploads per request, history included (400 past it).
+    max_documents_per_request: int = Field(16, ge=0)
     document_timeout_s: float = Field(60.0, gt=0)
     # PDFs read at once, each in a process of its own, under this address-space cap.
     document_workers: int = Field(2, ge=1, le=64)

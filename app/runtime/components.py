@@ -115,6 +115,7 @@ def build_state(
         documents=DocumentOptions(
             max_bytes=settings.max_document_bytes,
             max_chars=settings.document_max_chars,
+            max_documents=settings.max_documents_per_request,
             templates=DocumentTemplates(
                 document=settings.document_template, page=settings.document_page_template
             ),

@@ -30,6 +30,7 @@ TRUNCATED_HEADER = "X-Clip-Proxy-Document-Truncated"
 class DocumentOptions:
     max_bytes: int = 50 * 1024 * 1024
     max_chars: int = 200_000
+    max_documents: int = 16
     templates: DocumentTemplates = field(default_factory=DocumentTemplates)
 
 
@@ -79,6 +80,8 @@ async def read_documents(
         if not isinstance(content, list):
             continue
         for part_index, part in enumerate(content):
+            if len(found) > options.max_documents:
+                break  # counted enough to refuse: nothing past it is decoded
             if isinstance(part, UploadedDocumentPart):
                 found.append((message_index, part_index, part.source))
             elif isinstance(part, dict) and part.get("type") == "file":
@@ -89,6 +92,12 @@ async def read_documents(
                 found.append((message_index, part_index, source))
     if not found:
         return DocumentsSeen()
+    if len(found) > options.max_documents:
+        raise InvalidRequest(
+            f"{len(found)} documents in one request; the limit is {options.max_documents}",
+            param="messages",
+            code="too_many_documents",
+        )
     wanted = _wanted(pages)
     read: dict[int, DocumentText] = {}
 

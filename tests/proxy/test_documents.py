@@ -430,3 +430,14 @@ def test_a_page_with_a_broken_text_layer_is_read_by_ocr(reader: ProxyServer) -> 
     assert 'pages="1" read="ocr:1"' in content
     assert "\ue000" not in content
     assert pdfs.cer(pages_of(content)[1], "\n".join(lines)) <= 0.05
+
+
+def test_documents_per_request_are_capped(reader: ProxyServer) -> None:
+    part = file_part(b"a short note", "note.txt", "text/plain")
+
+    reply = send(reader, ask(*[part] * 17), **DRY_RUN)
+
+    assert reply.status_code == 400
+    assert error_of(reply)["code"] == "too_many_documents"
+    assert "the limit is 16" in error_of(reply)["message"]
+    assert send(reader, ask(*[part] * 16), **DRY_RUN).status_code == 200
