@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -441,3 +443,58 @@ def test_documents_per_request_are_capped(reader: ProxyServer) -> None:
     assert error_of(reply)["code"] == "too_many_documents"
     assert "the limit is 16" in error_of(reply)["message"]
     assert send(reader, ask(*[part] * 16), **DRY_RUN).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "as_part"),
+    [
+        ({"X-Clip-Proxy-Format": "content_part"}, True),
+        ({"X-Clip-Proxy-Preset": "describe"}, False),
+        ({"X-Clip-Proxy-Preset": "seed", "X-Clip-Proxy-Format": "inline"}, False),
+    ],
+    ids=["seed-content-part", "describe", "seed-inline"],
+)
+def test_documents_are_words_under_every_preset_and_format(
+    reader: ProxyServer, headers: dict[str, str], as_part: bool
+) -> None:
+    data, written = pdfs.english_pdf(pages=1, lines=4, seed=151)
+
+    reply = send(reader, ask(file_part(data, "memo.pdf")), **DRY_RUN, **headers)
+
+    assert reply.status_code == 200, reply.text
+    content = reply.json()["messages"][0]["content"]
+    if as_part:
+        assert content[0] == {"type": "text", "text": "What does it say?"}
+        assert content[1]["type"] == "text"
+        content = content[1]["text"]
+    assert '<document index="1" name="memo.pdf" pages="1" read="text:1">' in content
+    assert pdfs.cer(pages_of(content)[1], written[0]) <= 0.01
+    assert "image_embedding" not in reply.text
+
+
+def test_curl_uploads_a_pdf_in_the_image_field(reader: ProxyServer, tmp_path: Path) -> None:
+    data, written = pdfs.english_pdf(pages=2, lines=3, seed=161)
+    (tmp_path / "report.pdf").write_bytes(data)
+
+    result = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "60",
+            "-H",
+            "X-Clip-Proxy-Dry-Run: true",
+            "-F",
+            "prompt=Summarise",
+            "-F",
+            f"image=@{tmp_path / 'report.pdf'}",
+            reader.url + CHAT,
+        ],
+        capture_output=True,
+        check=True,
+        timeout=90,
+    )
+
+    content = json.loads(result.stdout)["messages"][0]["content"]
+    assert content.startswith('Summarise\n<document index="1" name="report.pdf" pages="2"')
+    assert pdfs.cer(pages_of(content)[2], written[1]) <= 0.01
