@@ -316,3 +316,43 @@ def giant_page_pdf(inches: int = 200) -> bytes:
     page.showPage()
     page.save()
     return out.getvalue()
+
+
+def interleaved_columns_pdf(seed: int = 7) -> tuple[bytes, str]:
+    """Two columns written line by line across the page (left line, right line, ...): the
+    content order is not the reading order. A title spans both columns above them."""
+    _register_fonts()
+    title = "Quarterly agreement review"
+    left, right = english_lines(18, seed, width=32), english_lines(18, seed + 1, width=32)
+    out = io.BytesIO()
+    page = canvas.Canvas(out, pagesize=A4)
+    page.setFont("DejaVu", 14)
+    page.drawString(50, A4[1] - 50, title)
+    page.setFont("DejaVu", 10)
+    y = A4[1] - 90
+    for left_line, right_line in zip(left, right, strict=True):
+        page.drawString(50, y, left_line)
+        page.drawString(310, y, right_line)
+        y -= 15
+    page.showPage()
+    page.save()
+    return out.getvalue(), "\n".join([title, *left, *right])
+
+
+def table_pdf(rows: int = 8) -> tuple[bytes, str]:
+    """A three-column table of short cells, written row by row: rows must stay rows."""
+    _register_fonts()
+    out = io.BytesIO()
+    page = canvas.Canvas(out, pagesize=A4)
+    page.setFont("DejaVu", 10)
+    written = []
+    y = A4[1] - 60
+    for row in range(rows):
+        cells = [f"item {row}", f"{row * 7} kg", f"due day {row + 3}"]
+        for x, cell in zip((50, 250, 450), cells, strict=True):
+            page.drawString(x, y, cell)
+        written.append(" ".join(cells))
+        y -= 15
+    page.showPage()
+    page.save()
+    return out.getvalue(), "\n".join(written)

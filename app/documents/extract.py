@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
+from app.documents.layout import ordered_text
 from app.documents.pages import PageRanges, select_pages
 
 _LIGATURES = str.maketrans(
@@ -140,7 +141,7 @@ def _read_page(pdf: pdfium.PdfDocument, n: int, render: RenderLimits) -> Page:
     try:
         textpage = page.get_textpage()
         try:
-            raw = textpage.get_text_range()
+            raw = ordered_text(textpage, page.get_width())
         finally:
             textpage.close()
         text = repair_text(raw)

@@ -114,10 +114,13 @@ def test_a_two_column_page_is_read_column_by_column(
     reader: ProxyServer, upstream: FakeUpstream
 ) -> None:
     data, written = pdfs.two_column_pdf(seed=31)
+    across, written_across = pdfs.interleaved_columns_pdf(seed=33)
 
-    assert send(reader, ask(file_part(data))).status_code == 200
+    assert send(reader, ask(file_part(data), file_part(across))).status_code == 200
 
-    assert pdfs.cer(pages_of(sent_content(upstream))[1], written) <= 0.01
+    content = sent_content(upstream)
+    assert pdfs.cer(pages_of(content.split("</document>")[0])[1], written) <= 0.01
+    assert pdfs.cer(pages_of(content.split("</document>")[1])[1], written_across) <= 0.01
 
 
 def test_a_scanned_page_is_read_by_ocr(reader: ProxyServer, upstream: FakeUpstream) -> None:

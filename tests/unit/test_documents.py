@@ -75,3 +75,20 @@ def test_the_char_cap_cuts_and_says_so() -> None:
     assert truncated
     assert "x" * 20 + "\n[... 30 more characters left out" in block
     assert "x" * 21 not in block
+
+
+def test_columns_written_across_the_page_are_read_one_after_the_other() -> None:
+    data, written = pdfs.interleaved_columns_pdf(seed=9)
+
+    [page] = extract_pdf(data, None, 10, RenderLimits()).pages
+
+    assert pdfs.cer(page.text, written) <= 0.01
+    assert page.text.startswith("Quarterly agreement review\n")
+
+
+def test_a_table_is_read_row_by_row() -> None:
+    data, written = pdfs.table_pdf()
+
+    [page] = extract_pdf(data, None, 10, RenderLimits()).pages
+
+    assert pdfs.cer(page.text, written) <= 0.01
