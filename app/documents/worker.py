@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -22,6 +23,9 @@ from typing import Any
 from app.documents.extract import DocumentProblem, Extraction, Page, RenderLimits
 from app.documents.pages import PageRanges
 
+# The child's whole environment: it parses untrusted bytes, so it gets no secret (the
+# upstream key, client keys) that a compromised PDFium could read.
+_CHILD_ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR")
 # Past this, a child's answer is not read (pages are capped in characters and pixels).
 MAX_ANSWER_BYTES = 1024 * 1024 * 1024
 
@@ -57,6 +61,7 @@ class ExtractionWorkers:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL,
+                env={name: os.environ[name] for name in _CHILD_ENV if name in os.environ},
                 limit=MAX_ANSWER_BYTES,
             )
             try:

@@ -92,3 +92,30 @@ def test_a_table_is_read_row_by_row() -> None:
     [page] = extract_pdf(data, None, 10, RenderLimits()).pages
 
     assert pdfs.cer(page.text, written) <= 0.01
+
+
+def test_the_reader_process_gets_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import os
+
+    from app.documents import worker
+
+    monkeypatch.setenv("CLIP_PROXY_UPSTREAM_API_KEY", "sk-never-in-the-reader")
+    seen: dict[str, object] = {}
+    real = asyncio.create_subprocess_exec
+
+    async def spy(*args: str, **kwargs: object) -> asyncio.subprocess.Process:
+        seen.update(kwargs)
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spy)
+    data, written = pdfs.english_pdf(pages=1, lines=2)
+    workers = worker.ExtractionWorkers(workers=1, memory_bytes=1024 * 1024 * 1024)
+
+    result = asyncio.run(workers.extract(data, None, 5, RenderLimits()))
+
+    assert pdfs.cer(result.pages[0].text, written[0]) == 0
+    env = seen["env"]
+    assert isinstance(env, dict)
+    assert "CLIP_PROXY_UPSTREAM_API_KEY" not in env
+    assert env["PATH"] == os.environ["PATH"]
