@@ -89,6 +89,11 @@ def render_documents(
             if document.page_count:
                 rendered = templates.page.format(n=page.n, read=page.read, text=rendered)
             pages.append(rendered)
+        if not document.pages:
+            pages.append(
+                f"[none of the pages asked for (clip_proxy.pages) is among its "
+                f"{document.page_count}]"
+            )
         if document.left_out:
             pages.append(f"[pages {document.left_out} left out: past DOCUMENT_MAX_PAGES]")
         read = ",".join(f"{how}:{counts[how]}" for how in sorted(counts, key=_READ_ORDER.index))

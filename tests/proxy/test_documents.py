@@ -180,6 +180,8 @@ def test_pages_asked_for_and_the_page_cap(reader: ProxyServer) -> None:
     read = pages_of(reply.json()["messages"][0]["content"])
     assert sorted(read) == [2, 4]
     assert pdfs.cer(read[4], written[3]) <= 0.01
+    past = send(reader, ask(file_part(data), clip_proxy={"pages": "7-9"}), **DRY_RUN)
+    assert "[none of the pages asked for (clip_proxy.pages) is among its 4]" in past.text
     bad = send(reader, ask(file_part(data), clip_proxy={"pages": "3-1"}), **DRY_RUN)
     assert bad.status_code == 400
     assert error_of(bad)["param"] == "clip_proxy.pages"
