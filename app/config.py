@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.prompt.documents import DOCUMENT_FIELDS, PAGE_FIELDS, DocumentTemplates, check_template
 from app.prompt.protocol import PromptFormat, PromptPreset
 from app.prompt.rewrite import ImageTemplates, template_fields
 from app.upstream.forward_headers import NEVER_FORWARDED
@@ -176,6 +177,24 @@ class Settings(BaseSettings):
     caption_max_batch: int = Field(8, ge=1, le=256)
     caption_queue_size: int = Field(64, ge=1, le=100_000)
     caption_timeout_s: float = Field(60.0, gt=0)
+
+    # ---- Documents (PDF and text files): read as words, text layer first, OCR otherwise ----
+    document_max_pages: int = Field(100, ge=1, le=100_000)
+    # Characters of document text per request; past it the text is cut (and the cut said).
+    document_max_chars: int = Field(200_000, ge=1)
+    max_document_bytes: int = Field(50 * MiB, ge=1)
+    # Document parts and uploads per request, history included (400 past it).
+    max_documents_per_request: int = Field(16, ge=0)
+    document_timeout_s: float = Field(60.0, gt=0)
+    # PDFs read at once, each in a process of its own, under this address-space cap.
+    document_workers: int = Field(2, ge=1, le=64)
+    document_memory_bytes: int = Field(2048 * MiB, ge=256 * MiB)
+    # Pages without a text layer are rendered for OCR at this DPI, capped in pixels.
+    document_render_dpi: int = Field(200, ge=50, le=600)
+    document_render_max_pixels: int = Field(12_000_000, ge=100_000, le=100_000_000)
+    # Placeholders: {index} {name} {pages} {read} {content} {left_out}; a page: {n} {read} {text}.
+    document_template: str = DocumentTemplates.document
+    document_page_template: str = DocumentTemplates.page
 
     # ---- The feature cache (vectors and words, by image content) ----
     cache_url: str = ""
@@ -337,6 +356,16 @@ class Settings(BaseSettings):
     def _check_template(cls, value: str) -> str:
         template_fields(value)  # raises ValueError naming the bad placeholder
         return value
+
+    @field_validator("document_template")
+    @classmethod
+    def _check_document_template(cls, value: str) -> str:
+        return check_template(value, DOCUMENT_FIELDS)
+
+    @field_validator("document_page_template")
+    @classmethod
+    def _check_page_template(cls, value: str) -> str:
+        return check_template(value, PAGE_FIELDS)
 
     @field_validator("labels_prompt")
     @classmethod

@@ -8,7 +8,9 @@ The tree (status in brackets):
     │   │   └── UnreadableImage [400] not an image, truncated, unsupported format
     │   ├── TooManyImages     [400] more images than CLIP_PROXY_MAX_IMAGES_PER_REQUEST
     │   ├── ForbiddenUrl      [400] an image URL the proxy will not fetch (SSRF rules)
-    │   └── ImageFetchFailed  [400] an allowed URL that could not be fetched as an image
+    │   ├── ImageFetchFailed  [400] an allowed URL that could not be fetched as an image
+    │   ├── InvalidDocument   [400] a PDF or text file that cannot be read (invalid_document)
+    │   └── DocumentEncrypted [400] a PDF with a password (document_encrypted)
     ├── NotFound              [404] a model the upstream does not list
     ├── PayloadTooLarge       [413] body or image over its byte limit
     ├── RequestTimeout        [408] the body did not arrive within CLIP_PROXY_BODY_TIMEOUT_S
@@ -19,6 +21,7 @@ The tree (status in brackets):
     ├── EncoderFailed         [500] the model itself failed on a good image
     ├── ModelFailed           [500] OCR or the captioner failed on an image (ocr_failed, ...)
     ├── EngineTimeout         [504] OCR or a caption not done within its deadline
+    ├── DocumentTimeout       [504] a document not read within DOCUMENT_TIMEOUT_S
     └── UpstreamError               the DeepSeek side
         ├── UpstreamUnreachable [502] connection refused or reset, egress proxy failed
         ├── UpstreamTlsError  [502] the upstream's certificate failed verification
@@ -133,6 +136,16 @@ class ImageFetchFailed(InvalidRequest):
     code = "image_fetch_failed"
 
 
+class InvalidDocument(InvalidRequest):
+    """A PDF or text file that cannot be read: corrupt, truncated, empty, not UTF-8."""
+
+    code = "invalid_document"
+
+
+class DocumentEncrypted(InvalidRequest):
+    code = "document_encrypted"
+
+
 class NotFound(ProxyError):
     status_code = 404
     error_type = "invalid_request_error"
@@ -215,6 +228,14 @@ class EngineTimeout(ProxyError):
     status_code = 504
     error_type = "server_error"
     code = "engine_timeout"
+
+
+class DocumentTimeout(ProxyError):
+    """Reading a document took longer than DOCUMENT_TIMEOUT_S."""
+
+    status_code = 504
+    error_type = "server_error"
+    code = "document_timeout"
 
 
 class UpstreamError(ProxyError):

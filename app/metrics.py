@@ -363,6 +363,21 @@ class Metrics:
             buckets=(100, 300, 1000, 3000, 10_000, 30_000, 100_000, 300_000, 1_000_000),
             registry=r,
         )
+        # Documents (issue #25): pages read, by how (text layer or OCR), and time per document.
+        self.document_pages = Counter(
+            "clip_proxy_document_pages",
+            "Document pages read (cache misses only), by how: text (the PDF's text layer) or ocr",
+            ["read"],
+            registry=r,
+        )
+        for read in ("text", "ocr"):
+            self.document_pages.labels(read=read)
+        self.document_duration = Histogram(
+            "clip_proxy_document_duration_seconds",
+            "Time to read one document (cache lookups, extraction and OCR of its pages)",
+            buckets=_ENCODE_BUCKETS,
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -53,6 +53,8 @@ class RequestObserver:
                 headers = MutableHeaders(scope=message)
                 headers.append("X-Request-ID", record.request_id)
                 headers.append("Server-Timing", record.server_timing())
+                for name, value in record.response_headers.items():
+                    headers.append(name, value)
             await send(message)
 
         if not quiet:

@@ -22,13 +22,16 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from app.errors import InvalidRequest, TooManyImages
-from app.ingest.limits import image_too_large
+from app.errors import InvalidRequest, PayloadTooLarge, TooManyImages
+from app.ingest.documents import DocumentSource, is_document_upload
+from app.ingest.limits import document_too_large, image_too_large
 from app.ingest.sources import ImageSource, SourceKind
 from app.prompt.protocol import ChatCompletionRequest, validation_code, validation_param
 from app.services.chat import ChatLimits
 
 IMAGE_FIELD = "image"
+# Documents may come in `image` too (told apart by content), or in `file`.
+FILE_FIELD = "file"
 # Request fields that are booleans: a form sends text, and `-F stream=True` means yes.
 BOOLEAN_FIELDS = frozenset({"stream", "logprobs", "parallel_tool_calls", "store", "echo"})
 _FORM_TRUE = frozenset({"true", "1", "yes", "on"})
@@ -44,24 +47,17 @@ async def read_json_request(request: Request, model: type[Model]) -> Model:
 
 async def read_chat_request(
     request: Request, limits: ChatLimits
-) -> tuple[ChatCompletionRequest, list[ImageSource]]:
+) -> tuple[ChatCompletionRequest, list[ImageSource | DocumentSource]]:
     content_type = request.headers.get("content-type", "").lower()
+    uploads: list[ImageSource | DocumentSource]
     if content_type.startswith("multipart/form-data"):
-        raw, uploads = await _read_multipart(
-            request, limits.max_images, limits.max_image_bytes, limits.max_body_bytes
-        )
+        raw, uploads = await _read_multipart(request, limits)
     elif content_type.startswith("application/x-www-form-urlencoded"):
         # curl's `-d` sends JSON under this type: a body that parses as JSON is JSON.
         body = await read_body(request)
         raw, uploads = _json_object(body), []
         if raw is None:
-            raw, uploads = await _read_multipart(
-                request,
-                limits.max_images,
-                limits.max_image_bytes,
-                limits.max_body_bytes,
-                body=bytes(body),
-            )
+            raw, uploads = await _read_multipart(request, limits, body=bytes(body))
     else:
         raw, uploads = parse_json(await read_body(request)), []
     return validate_body(raw, ChatCompletionRequest), uploads
@@ -146,15 +142,11 @@ def validate_body(raw: Any, model: type[Model]) -> Model:
 
 
 async def _read_multipart(
-    request: Request,
-    max_images: int,
-    max_image_bytes: int,
-    max_body_bytes: int,
-    *,
-    body: bytes | None = None,
-) -> tuple[dict[str, Any], list[ImageSource]]:
+    request: Request, limits: ChatLimits, *, body: bytes | None = None
+) -> tuple[dict[str, Any], list[ImageSource | DocumentSource]]:
     """A multipart form, or (`body` read already) an urlencoded one."""
     kind = "multipart" if body is None else "form"
+    max_images, max_body_bytes = limits.max_images, limits.max_body_bytes
     try:
         form = await _parse_form(request, max_images + 1, max_body_bytes, body)
     except MultiPartException as exc:
@@ -164,15 +156,17 @@ async def _read_multipart(
             ) from exc
         raise InvalidRequest(f"malformed {kind} body: {exc.message}") from exc
     raw: dict[str, Any] = {}
-    uploads: list[ImageSource] = []
+    uploads: list[ImageSource | DocumentSource] = []
     try:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
-                if name != IMAGE_FIELD:
+                if name not in (IMAGE_FIELD, FILE_FIELD):
                     raise InvalidRequest(
-                        f"file field {name!r}: upload images in the field 'image'", param=name
+                        f"file field {name!r}: upload images and documents in the field "
+                        "'image' (or documents in 'file')",
+                        param=name,
                     )
-                uploads.append(await _read_upload(value, len(uploads), max_image_bytes))
+                uploads.append(await _read_upload(value, name, len(uploads), limits))
             elif name in ("prompt", "model"):
                 raw[name] = value
             else:
@@ -256,11 +250,22 @@ def _form_boolean(name: str, value: str) -> bool:
     raise InvalidRequest(f"form field {name!r} must be true or false, not {value!r}", param=name)
 
 
-async def _read_upload(upload: UploadFile, index: int, max_bytes: int) -> ImageSource:
-    param = f"{IMAGE_FIELD}[{index}]"
-    if upload.size is not None and upload.size > max_bytes:
-        raise image_too_large(max_bytes, param)
-    data = await upload.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise image_too_large(max_bytes, param)
+async def _read_upload(
+    upload: UploadFile, field: str, index: int, limits: ChatLimits
+) -> ImageSource | DocumentSource:
+    """An image or a document, told apart by its content (not its field or name)."""
+    param = f"{field}[{index}]"
+    most = max(limits.max_image_bytes, limits.max_document_bytes)
+    if upload.size is not None and upload.size > most:
+        raise PayloadTooLarge(f"the file is larger than {most} bytes", param=param)
+    data = await upload.read(most + 1)
+    # A PDF is a document whatever it is called; other content is sniffed as text unless
+    # the client declared it an image (then the image decoder says what is wrong with it).
+    declared_image = (upload.content_type or "").lower().startswith("image/")
+    if field == FILE_FIELD or is_document_upload(data, text=not declared_image):
+        if len(data) > limits.max_document_bytes:
+            raise document_too_large(limits.max_document_bytes, param)
+        return DocumentSource(data=data, name=upload.filename or f"upload-{index}", param=param)
+    if len(data) > limits.max_image_bytes:
+        raise image_too_large(limits.max_image_bytes, param)
     return ImageSource(kind=SourceKind.upload, param=param, data=data)

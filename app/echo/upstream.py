@@ -39,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app.echo.documents import DOCUMENT, received_documents
 from app.prompt.protocol import IMAGE_SIZES_HEADER
 
 PREFIX = "clip-proxy echo:"
@@ -158,6 +159,8 @@ def account(body: dict[str, Any], sizes: list[str], forwarded: list[str]) -> tup
             facts.append("no vector")
         when = "an earlier turn" if image.retained else "this turn"
         lines.append(f"image {index + 1} ({when}): {', '.join(facts)}.")
+    for number, document in enumerate(received_documents(messages), start=1):
+        lines.append(document.line(number))
     question = _last_user_text(messages)
     if question:
         lines.append(f"The question: {_cut(question, 300)!r}.")
@@ -184,7 +187,7 @@ def _last_user_text(messages: list[Any]) -> str:
                     for part in content
                     if isinstance(part, dict) and part.get("type") == "text"
                 )
-            return " ".join(_INLINE_IMAGE.sub(" ", text).split())
+            return " ".join(_INLINE_IMAGE.sub(" ", DOCUMENT.sub(" ", text)).split())
     return ""
 
 

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +104,11 @@ class Engine:
             cache.backend_list, metrics, kind="caption", prefix=settings.cache_key_prefix
         )
         self._caption_cache.bind(namespace_of(f"{settings.caption_model}", 1, "caption"))
+        # Pages of documents (app/documents), by the file's SHA-256 and the page number.
+        self.document_pages = WordsCache(
+            cache.backend_list, metrics, kind="document", prefix=settings.cache_key_prefix
+        )
+        self.document_pages.bind(namespace_of(document_identity(settings), 1, "document"))
         metrics.encoder_queue_depth.set_function(lambda: images.queue_depth)
         metrics.encoder_workers_ready.set_function(lambda: images.workers_ready)
         for pool in (ocr, captions):
@@ -281,6 +288,7 @@ class Engine:
         self._texts.close()
         await self._ocr_cache.aclose()
         await self._caption_cache.aclose()
+        await self.document_pages.aclose()
         await self._cache.aclose()
 
     async def embed_image(self, source: ImageSource) -> ImageEmbedding:
@@ -323,6 +331,14 @@ class Engine:
             ocr=ocr.result() if self._ocr is not None else None,
             caption=caption.result(),
         )
+
+    async def read_page_image(self, data: bytes, param: str) -> str | None:
+        """The text in a rendered document page (PNG bytes) by the OCR pool, cached by its
+        content like an image's; None when OCR is off."""
+        if self._ocr is None:
+            return None
+        sha256 = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+        return await self._words(self._ocr, self._ocr_cache, ImageBytes(data, sha256, param))
 
     def _labels(self, embedding: ImageEmbedding) -> str:
         if self._labeler is None or self._settings.labels_top_k == 0:
@@ -392,6 +408,15 @@ def build_labeler(settings: Settings, text: ClipTextEncoder) -> Labeler:
         logit_scale=load_logit_scale(settings.clip_model),
         top_k=settings.labels_top_k,
         min_score=settings.labels_min_score,
+    )
+
+
+def document_identity(settings: Settings) -> str:
+    """What decides a document page's words: PDFium's version, the rendering, the OCR."""
+    ocr = ocr_identity() if settings.ocr_enabled else "no-ocr"
+    return (
+        f"pypdfium2@{metadata.version('pypdfium2')}|dpi={settings.document_render_dpi}"
+        f"|px={settings.document_render_max_pixels}|{ocr}"
     )
 
 

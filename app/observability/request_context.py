@@ -32,7 +32,8 @@ SERVER_TIMING_STAGES = (
     "decode",
     "preprocess",
     "encode",
-    "ocr",  # the describe preset's words, when they ran
+    "document",
+    "ocr",  # the describe preset's words, or a document page read by OCR
     "caption",
     "upstream_ttfb",
 )
@@ -56,6 +57,8 @@ class RequestRecord:
     facts: dict[str, Any] = field(default_factory=dict)
     # The client's raw headers, for those the upstream client forwards (forward_headers.py).
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # Headers a stage wants on the response (`note_response_header`), set by the observer.
+    response_headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def start(
@@ -123,6 +126,13 @@ def note_fact(name: str, value: Any) -> None:
     record = _current.get()
     if record is not None:
         record.facts[name] = value
+
+
+def note_response_header(name: str, value: str) -> None:
+    """A header for the response to the request being served (documents cut, ...)."""
+    record = _current.get()
+    if record is not None:
+        record.response_headers[name] = value
 
 
 def count_fact(name: str, amount: int = 1) -> None:

@@ -94,10 +94,48 @@
     });
   }
 
+  // A PDF or a text file goes as a `file` part (the proxy reads it as words); the rest as
+  // images. PDFs are told by their first bytes, text files by their type or name.
+  const DOCUMENT_NAME = /\.(pdf|txt|md|markdown|csv|json)$/i;
+
+  function isDocument(file) {
+    const type = file.type || "";
+    return (
+      type === "application/pdf" ||
+      type === "application/json" ||
+      type.startsWith("text/") ||
+      (!type.startsWith("image/") && DOCUMENT_NAME.test(file.name || ""))
+    );
+  }
+
+  // Pages of a PDF as its page objects say (`/Type /Page`); null when they are packed in
+  // object streams, where only the proxy can count them.
+  async function pdfPages(file) {
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    let text = "";
+    for (let start = 0; start < bytes.length; start += 65536) {
+      text += String.fromCharCode.apply(null, bytes.subarray(start, start + 65536));
+    }
+    if (!text.startsWith("%PDF-")) return null;
+    const found = text.match(/\/Type\s*\/Page(?![a-zA-Z])/g);
+    return found ? found.length : null;
+  }
+
   async function addFiles(files) {
     for (const file of files) {
       try {
         const url = await readAsDataUrl(file);
+        if (isDocument(file)) {
+          const pages = await pdfPages(file);
+          state.pending.push({
+            kind: "document",
+            name: file.name || "document",
+            url,
+            size: file.size,
+            pages,
+          });
+          continue;
+        }
         state.pending.push({ name: file.name || "pasted image", url, size: file.size });
       } catch (error) {
         showError({ message: `could not read ${file.name}: ${error}`, type: "client_error" });
@@ -114,11 +152,23 @@
     return image;
   }
 
+  function fileChip(name, pages) {
+    const chip = document.createElement("span");
+    chip.className = "file-chip";
+    chip.dataset.testid = "file-chip";
+    const count = pages ? ` · ${pages} page${pages === 1 ? "" : "s"}` : "";
+    chip.textContent = `📄 ${name}${count}`;
+    chip.title = name;
+    return chip;
+  }
+
   function renderPending() {
     ui.thumbnails.replaceChildren();
     state.pending.forEach((item, index) => {
       const entry = document.createElement("li");
-      entry.append(thumbnail(item.url, item.name));
+      entry.append(
+        item.kind === "document" ? fileChip(item.name, item.pages) : thumbnail(item.url, item.name)
+      );
       const caption = document.createElement("span");
       caption.textContent = `${item.name} (${formatBytes(item.size)})`;
       const remove = document.createElement("button");
@@ -160,7 +210,13 @@
   function userMessage(text, images) {
     const content = [];
     if (text) content.push({ type: "text", text });
-    for (const image of images) content.push({ type: "image_url", image_url: { url: image.url } });
+    for (const image of images) {
+      if (image.kind === "document") {
+        content.push({ type: "file", file: { filename: image.name, file_data: image.url } });
+      } else {
+        content.push({ type: "image_url", image_url: { url: image.url } });
+      }
+    }
     return { role: "user", content };
   }
 
@@ -576,6 +632,8 @@
         entry.append(text);
       } else if (part.type === "image_url") {
         entry.append(thumbnail(part.image_url.url, "image sent in this message"));
+      } else if (part.type === "file") {
+        entry.append(fileChip(part.file.filename, null));
       }
     }
     list.append(entry);
@@ -620,7 +678,9 @@
   // ---- wiring --------------------------------------------------------------------------
 
   function imageFiles(list) {
-    return Array.from(list || []).filter((file) => !file.type || file.type.startsWith("image/"));
+    return Array.from(list || []).filter(
+      (file) => !file.type || file.type.startsWith("image/") || isDocument(file)
+    );
   }
 
   ui.key.value = storedKey();

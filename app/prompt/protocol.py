@@ -70,6 +70,20 @@ class ImageUrlPart(OpenAIModel):
         return {"url": value} if isinstance(value, str) else value
 
 
+class FileData(OpenAIModel):
+    """OpenAI's `file` part body: `file_data` (a data URL, or bare base64 with `filename`),
+    or `file_id` (refused by the service: the proxy has no Files API)."""
+
+    filename: str | None = None
+    file_data: str | None = None
+    file_id: str | None = None
+
+
+class FilePart(OpenAIModel):
+    type: Literal["file"]
+    file: FileData
+
+
 class RefusalPart(OpenAIModel):
     """An assistant's refusal in the history (`{"type": "refusal", "refusal": "..."}`)."""
 
@@ -84,16 +98,16 @@ class OtherPart(OpenAIModel):
     type: str
 
 
-# Part types refused by name until the proxy reads them (a `file` is a document).
-UNREAD_PART_TYPES = frozenset({"file"})
+# The content-part union's tags (see `_part_tag`).
+PART_TAGS = ("text", "image_url", "refusal", "file", "other")
 
 
 def _part_tag(part: Any) -> str | None:
     kind = part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
     if not isinstance(kind, str):
         return None
-    if kind in ("text", "image_url", "refusal") or kind in UNREAD_PART_TYPES:
-        return kind  # an unread type has no tag below: pydantic refuses it by name
+    if kind in PART_TAGS and kind != "other":
+        return kind
     return "other"
 
 
@@ -101,6 +115,7 @@ ContentPart = Annotated[
     Annotated[TextPart, Tag("text")]
     | Annotated[ImageUrlPart, Tag("image_url")]
     | Annotated[RefusalPart, Tag("refusal")]
+    | Annotated[FilePart, Tag("file")]
     | Annotated[OtherPart, Tag("other")],
     Discriminator(_part_tag),
 ]
@@ -137,6 +152,8 @@ class ProxyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     preset: PromptPreset | None = None
+    # Which pages of the request's PDFs to read: "1-5,9" (1-based; "12-" to the end).
+    pages: str | None = Field(None, max_length=512)
 
 
 class ChatCompletionRequest(OpenAIModel):
@@ -195,7 +212,7 @@ def _loc_to_param(loc: tuple[int | str, ...]) -> str | None:
             path += f"[{item}]"
         elif "[" in item or item in ("str", "list"):
             pass  # union branch names are not in the user's document
-        elif isinstance(previous, int) and item in ("text", "image_url", "refusal", "other"):
+        elif isinstance(previous, int) and item in PART_TAGS:
             pass  # a content part's discriminator tag; the field name, if any, follows it
         else:
             path += f".{item}" if path else item

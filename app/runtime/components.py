@@ -16,11 +16,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from app.api.deps import Services
 from app.config import Settings
+from app.documents.extract import RenderLimits
+from app.documents.reader import DocumentReader, ReaderOptions
+from app.documents.worker import ExtractionWorkers
 from app.engine.engine import Engine
 from app.ingest.fetch import FetchPolicy, SafeFetcher
 from app.metrics import Metrics
+from app.prompt.documents import DocumentTemplates
 from app.runtime.lifecycle import Startup, freeze_startup_objects
 from app.services.chat import ChatLimits, ChatOptions, ChatService
+from app.services.documents import DocumentOptions
 from app.services.embeddings import EmbeddingsOptions, EmbeddingsService
 from app.services.health import HealthService
 from app.services.models import ModelsService
@@ -100,6 +105,7 @@ def build_state(
             max_images=settings.max_images_per_request,
             max_image_bytes=settings.max_image_bytes,
             max_body_bytes=settings.max_body_bytes,
+            max_document_bytes=settings.max_document_bytes,
         ),
         ping_interval_s=settings.ping_interval_s,
         templates=settings.templates(),
@@ -107,6 +113,30 @@ def build_state(
         preset=settings.prompt_preset,
         include_vector=settings.include_vector,
         ocr_max_chars=settings.ocr_max_chars,
+        documents=DocumentOptions(
+            max_bytes=settings.max_document_bytes,
+            max_chars=settings.document_max_chars,
+            max_documents=settings.max_documents_per_request,
+            templates=DocumentTemplates(
+                document=settings.document_template, page=settings.document_page_template
+            ),
+        ),
+    )
+    documents = DocumentReader(
+        ReaderOptions(
+            max_pages=settings.document_max_pages,
+            timeout_s=settings.document_timeout_s,
+            render=RenderLimits(
+                dpi=settings.document_render_dpi,
+                max_pixels=settings.document_render_max_pixels,
+            ),
+        ),
+        ExtractionWorkers(
+            workers=settings.document_workers, memory_bytes=settings.document_memory_bytes
+        ),
+        cache=engine.document_pages,
+        ocr=engine.read_page_image,
+        metrics=metrics,
     )
     embeddings_options = EmbeddingsOptions(
         model_name=settings.clip_model,
@@ -120,7 +150,7 @@ def build_state(
         fetcher=fetcher,
         upstream=upstream,
         services=Services(
-            chat=ChatService(options, engine, upstream, metrics=metrics),
+            chat=ChatService(options, engine, upstream, metrics=metrics, documents=documents),
             embeddings=EmbeddingsService(embeddings_options, engine),
             models=ModelsService(upstream),
             health=HealthService(engine, metrics, draining=draining),

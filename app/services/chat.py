@@ -16,11 +16,13 @@ from typing import Any
 
 import orjson
 
+from app.documents.reader import DocumentReader
 from app.engine.engine import Engine, ImageDescription
-from app.errors import TooManyImages, UpstreamStatus, first_proxy_error
+from app.errors import InvalidRequest, TooManyImages, UpstreamStatus, first_proxy_error
+from app.ingest.documents import DocumentSource
 from app.ingest.sources import ImageSource
 from app.metrics import Metrics
-from app.observability.request_context import note_stage
+from app.observability.request_context import note_fact, note_response_header, note_stage
 from app.prompt.protocol import (
     IMAGE_SIZES_HEADER,
     ChatCompletionRequest,
@@ -38,6 +40,13 @@ from app.prompt.rewrite import (
     format_vector,
     last_user_index,
     rewrite_messages,
+)
+from app.services.documents import (
+    TRUNCATED_HEADER,
+    DocumentOptions,
+    DocumentsSeen,
+    attach_document_uploads,
+    read_documents,
 )
 from app.upstream.client import UpstreamClient
 from app.upstream.response import UpstreamResponse
@@ -82,6 +91,7 @@ class ChatLimits:
     max_images: int
     max_image_bytes: int
     max_body_bytes: int
+    max_document_bytes: int = 50 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,7 @@ class ChatOptions:
     preset: PromptPreset = PromptPreset.seed
     include_vector: bool = False
     ocr_max_chars: int = 2000
+    documents: DocumentOptions = field(default_factory=DocumentOptions)
 
 
 class ChatService:
@@ -111,11 +122,13 @@ class ChatService:
         upstream: UpstreamClient,
         *,
         metrics: Metrics | None = None,
+        documents: DocumentReader | None = None,
     ) -> None:
         self._options = options
         self._engine = engine
         self._upstream = upstream
         self._metrics = metrics or Metrics()
+        self._documents = documents
 
     @property
     def limits(self) -> ChatLimits:
@@ -132,7 +145,7 @@ class ChatService:
     async def complete(
         self,
         request: ChatCompletionRequest,
-        uploads: Sequence[ImageSource] = (),
+        uploads: Sequence[ImageSource | DocumentSource] = (),
         *,
         dry_run: bool = False,
         preset: PromptPreset | None = None,
@@ -146,8 +159,13 @@ class ChatService:
         preset = (options.preset if options else None) or preset or self._options.preset
         body = request.upstream_body()
         messages: list[Message] = body["messages"]
-        attach_uploads(messages, len(uploads))
-        sources = collect_image_sources(messages, uploads)
+        images_uploaded = [upload for upload in uploads if isinstance(upload, ImageSource)]
+        attach_uploads(messages, len(images_uploaded))
+        attach_document_uploads(
+            messages, [upload for upload in uploads if isinstance(upload, DocumentSource)]
+        )
+        await self._read_documents(messages, options.pages if options else None)
+        sources = collect_image_sources(messages, images_uploaded)
         max_images = self._options.limits.max_images
         if len(sources) > max_images:
             raise TooManyImages(
@@ -186,6 +204,25 @@ class ChatService:
         if b'"usage"' in answer:
             count_tokens(self._metrics, _usage_of(answer))
         return JsonReply(reply.status_code, answer, reply.media_type)
+
+    async def _read_documents(self, messages: list[Message], pages: str | None) -> None:
+        """Every document part becomes its words (app/services/documents.py)."""
+        if self._documents is None:
+            if any(
+                isinstance(part, dict) and part.get("type") == "file"
+                for message in messages
+                if isinstance(message.get("content"), list)
+                for part in message["content"]
+            ):
+                raise InvalidRequest("this proxy does not read documents", code="invalid_document")
+            return
+        seen: DocumentsSeen = await read_documents(
+            messages, self._documents, self._options.documents, pages=pages
+        )
+        if seen.documents:
+            note_fact("documents", len(seen.documents))
+        if seen.truncated:
+            note_response_header(TRUNCATED_HEADER, "true")
 
     async def _send_upstream(
         self, payload: bytes, stream: bool, headers: dict[str, str]

@@ -547,3 +547,31 @@ def test_the_timing_table_shows_ocr_when_it_ran(
         )
     ]
     assert "ocr" in stages and "encode" in stages
+
+
+def test_a_pdf_and_a_text_file_go_as_documents(
+    playground: Callable[[ProxyServer], Playground],
+    proxy: ProxyServer,
+    upstream: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    from tests import pdfs
+
+    data, written = pdfs.english_pdf(pages=2, lines=4, seed=141)
+    upstream.script(Reply(events=r1_events(answer=("Two ", "documents."))))
+    page = playground(proxy)
+
+    page.pick(write(tmp_path, "contract.pdf", data), write(tmp_path, "notes.md", b"# Notes\n"))
+    chips = [chip.text for chip in page.driver.find_elements(By.CSS_SELECTOR, ".file-chip")]
+    page.shot("documents-picked")
+    assert chips == ["📄 contract.pdf · 2 pages", "📄 notes.md"]
+    page.ask("Compare them")
+    page.wait_done()
+
+    assert page.text("answer-output") == "Two documents."
+    content = upstream.requests[-1].json["messages"][0]["content"]
+    assert content.startswith(
+        'Compare them\n<document index="1" name="contract.pdf" pages="2" read="text:2">'
+    )
+    assert content.endswith('name="notes.md" pages="1" read="text:1">\n# Notes\n\n</document>')
+    assert written[1].splitlines()[0] in content
