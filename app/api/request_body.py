@@ -23,7 +23,7 @@ from starlette.formparsers import FormParser, MultiPartException, MultiPartParse
 from starlette.requests import Request
 
 from app.errors import InvalidRequest, PayloadTooLarge, TooManyImages
-from app.ingest.documents import DocumentSource, is_document_upload
+from app.ingest.documents import DocumentSource, is_document_upload, looks_like_image
 from app.ingest.limits import document_too_large, image_too_large
 from app.ingest.sources import ImageSource, SourceKind
 from app.prompt.protocol import ChatCompletionRequest, validation_code, validation_param
@@ -163,7 +163,7 @@ async def _read_multipart(
                 if name not in (IMAGE_FIELD, FILE_FIELD):
                     raise InvalidRequest(
                         f"file field {name!r}: upload images and documents in the field "
-                        "'image' (or documents in 'file')",
+                        "'image' (or 'file')",
                         param=name,
                     )
                 uploads.append(await _read_upload(value, name, len(uploads), limits))
@@ -259,10 +259,14 @@ async def _read_upload(
     if upload.size is not None and upload.size > most:
         raise PayloadTooLarge(f"the file is larger than {most} bytes", param=param)
     data = await upload.read(most + 1)
-    # A PDF is a document whatever it is called; other content is sniffed as text unless
-    # the client declared it an image (then the image decoder says what is wrong with it).
+    # Told apart by content: an image's bytes are an image in either field; in `file`
+    # anything else is a document (the reader says what is wrong with it); in `image` a PDF
+    # is a document, and other content is sniffed as text unless the client declared it an
+    # image (then the image decoder says what is wrong with it).
     declared_image = (upload.content_type or "").lower().startswith("image/")
-    if field == FILE_FIELD or is_document_upload(data, text=not declared_image):
+    if (field == FILE_FIELD and not looks_like_image(data)) or is_document_upload(
+        data, text=not declared_image
+    ):
         if len(data) > limits.max_document_bytes:
             raise document_too_large(limits.max_document_bytes, param)
         return DocumentSource(data=data, name=upload.filename or f"upload-{index}", param=param)

@@ -80,11 +80,16 @@ def document_from_part(
     return DocumentSource(data=data, name=filename or f"document-{index}", param=param)
 
 
+def looks_like_image(data: bytes) -> bool:
+    """Starts like an image file (the formats the decoder reads, HEIF/AVIF by `ftyp`)."""
+    return data.startswith(_IMAGE_MAGIC) or b"ftyp" in data[4:12]
+
+
 def is_document_upload(data: bytes, *, text: bool = True) -> bool:
     """A PDF, or (with `text`) anything that is not an image and decodes as UTF-8 text."""
     if b"%PDF-" in data[:1024]:
         return True
-    if not text or not data or data.startswith(_IMAGE_MAGIC) or b"ftyp" in data[4:12]:
+    if not text or not data or looks_like_image(data):
         return False
     try:
         data[:65536].decode("utf-8")

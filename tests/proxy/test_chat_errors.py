@@ -76,8 +76,8 @@ BAD_REQUESTS = [
         json.dumps(
             {"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]}
         ).encode(),
-        "messages[0].content[0]",
-        "'file'",
+        "messages[0].content[0].file.file_data",
+        "file_data",
     ),
     (
         "no-url",
@@ -188,8 +188,10 @@ def test_limits(start_proxy: Callable[..., ProxyServer]) -> None:
 
 
 def test_multipart_errors(proxy: ProxyServer) -> None:
-    missing = httpx.post(proxy.url + CHAT, files=[("file", ("a.png", PNG))], data={"prompt": "x"})
-    assert_openai_error(missing, 400, "file")
+    unknown_field = httpx.post(
+        proxy.url + CHAT, files=[("attachment", ("a.png", PNG))], data={"prompt": "x"}
+    )
+    assert_openai_error(unknown_field, 400, "attachment")
     bad_messages = httpx.post(proxy.url + CHAT, data={"messages": "[not json"})
     assert_openai_error(bad_messages, 400, "messages")
     both = httpx.post(proxy.url + CHAT, data={"messages": "[]", "prompt": "x"})

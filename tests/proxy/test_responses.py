@@ -5,6 +5,7 @@ proxy sent it is checked as well as what the SDK parsed from the proxy's answer.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -19,6 +20,7 @@ from openai.types.responses import (
 )
 from pydantic import BaseModel
 
+from tests import pdfs
 from tests.helpers import DATA, ProxyServer, data_url, images_encoded
 from tests.upstream_server import (
     FakeUpstream,
@@ -204,28 +206,28 @@ def test_built_in_tools_are_refused_by_name(
     assert upstream.requests == []
 
 
-def test_input_file_is_a_clear_400_until_documents_land(
+def test_input_file_reaches_the_upstream_as_words(
     proxy: ProxyServer, upstream: FakeUpstream
 ) -> None:
-    document = "data:application/pdf;base64,JVBERi0xLjQK"
-    with pytest.raises(openai.BadRequestError) as caught:
-        client_of(proxy).responses.create(
-            model="deepseek-r1",
-            input=[
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "input_text", "text": "Summarise"},
-                        {"type": "input_file", "filename": "a.pdf", "file_data": document},
-                    ],
-                }
-            ],
-        )
-    error = caught.value.body
-    assert isinstance(error, dict)
-    assert error["type"] == "invalid_request_error"
-    assert "file" in error["message"]
-    assert upstream.requests == []
+    data, written = pdfs.english_pdf(pages=1, lines=5)
+    document = "data:application/pdf;base64," + base64.b64encode(data).decode()
+    answer = client_of(proxy).responses.create(
+        model="deepseek-r1",
+        store=False,
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "Summarise"},
+                    {"type": "input_file", "filename": "a.pdf", "file_data": document},
+                ],
+            }
+        ],
+    )
+    assert answer.status == "completed"
+    sent = json.dumps(upstream.requests[-1].json["messages"], ensure_ascii=False)
+    assert '<document index=\\"1\\" name=\\"a.pdf\\" pages=\\"1\\"' in sent
+    assert written[0].split()[0] in sent
 
 
 def test_dry_run_request_id_server_timing(proxy: ProxyServer, upstream: FakeUpstream) -> None:
