@@ -18,7 +18,24 @@ import pytest
 from app.engine.pool import EncoderPool
 from app.engine.test_model import make_test_model
 from tests.helpers import DATA, PHOTOS, ProxyServer, proxy_settings
+from tests.processes import end_leftovers, mark_session
 from tests.upstream_server import FakeUpstream
+
+SESSION_MARKER = mark_session()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every process the tests started is gone when the run ends; a `clip-proxy serve`
+    still alive (a test that forgot it, or failed before its clean-up) fails the run."""
+    killed = end_leftovers(SESSION_MARKER)
+    if not killed:
+        return
+    lines = "\n".join(f"  pid {process.pid}: {process.command}" for process in killed)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"processes left running by the tests (killed):\n{lines}", red=True)
+    if any(process.is_proxy for process in killed):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.main import create_app
+from tests.processes import scaled
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png"]
@@ -74,7 +75,7 @@ class ProxyServer:
 
     def start(self, *, wait_ready: bool = True) -> ProxyServer:
         self.thread.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + scaled(60)
         path = "/readyz" if wait_ready else "/healthz"
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
@@ -145,7 +146,7 @@ def text_png(lines: list[str], size: int = 28, margin: int = 16) -> bytes:
 
 async def wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> None:
     """Poll `condition` on the event loop (bounded): for states other threads change."""
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.005)

@@ -18,6 +18,7 @@ from app.engine.caption import Captioner
 from app.engine.clip import ClipImageEncoder
 from app.engine.preprocess import preprocess
 from tests.helpers import DATA, data_url, free_port
+from tests.processes import scaled
 from tests.upstream_server import FakeUpstream
 
 CLI = shutil.which("clip-proxy") or ""
@@ -65,7 +66,7 @@ def test_serve_answers_a_chat_with_an_image(test_model_dir: Path, upstream: Fake
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + scaled(60)
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url + "/readyz").status_code == 200:

@@ -33,6 +33,7 @@ from PIL import Image
 
 from tests.deploy_files import ROOT, find_nginx, nginx_test_config
 from tests.helpers import DATA, data_url, free_port, parse_vector
+from tests.processes import scaled
 from tests.upstream_server import FakeUpstream, Reply
 
 REDIS_URL = "redis://127.0.0.1:6379/7"  # db 7: this module's own, apart from other tests
@@ -81,7 +82,7 @@ class Replica:
             )
 
     def wait_ready(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + scaled(timeout_s)
         while time.monotonic() < deadline:
             assert self.process is not None and self.process.poll() is None, self.log_tail()
             with contextlib.suppress(httpx.HTTPError):
@@ -138,7 +139,7 @@ class Nginx:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while not port_open(self.port):
             assert self.process.poll() is None, (self.prefix / "error.log").read_text()
             assert time.monotonic() < deadline, "nginx did not start"

@@ -28,6 +28,7 @@ from app.config import Settings
 from app.logging_setup import JsonFormatter, Redactor
 from app.observability.request_context import RequestRecord, bound
 from tests.helpers import DATA, data_url, free_port
+from tests.processes import scaled
 from tests.upstream_server import FakeUpstream
 
 ROOT = Path(__file__).parents[2]
@@ -59,7 +60,7 @@ def served_log(
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + scaled(120)
             while time.monotonic() < deadline:
                 assert process.poll() is None, stderr_path.read_text()[-3000:]
                 with contextlib.suppress(httpx.HTTPError):
@@ -134,7 +135,7 @@ def test_request_log_has_ids_and_timings_and_no_key_or_image(
     assert bad.json()["request_id"] == "log-test-broken"
 
     # The request line is written when the response ends; give the process a moment.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)
     while time.monotonic() < deadline and "log-test-broken" not in stderr_path.read_text():
         time.sleep(0.1)
     raw = stderr_path.read_text()

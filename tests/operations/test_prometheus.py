@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.helpers import ProxyServer, exported_names, free_port, sample, scrape
+from tests.processes import scaled
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "dashboards" / "clip-proxy.json"
 CHAT = "/v1/chat/completions"
@@ -46,7 +47,7 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def wait_for(self, expr: str, accept: Callable[[float], bool], timeout_s: float = 30) -> float:
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + scaled(timeout_s)
         seen: float | None = None
         while time.monotonic() < deadline:
             seen = self.value(expr)
@@ -91,7 +92,7 @@ def prometheus(
     )
     server = Prometheus(f"http://127.0.0.1:{port}", process)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while time.monotonic() < deadline:
             assert process.poll() is None, (work / "prometheus.log").read_text()[-2000:]
             try:

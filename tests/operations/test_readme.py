@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from tests.helpers import free_port
+from tests.processes import scaled
 
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
@@ -135,7 +136,7 @@ def test_quick_start_and_use_it_run_as_written(tmp_path: Path) -> None:
 
 
 def wait_ready(port: int, server: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + scaled(120)
     while time.monotonic() < deadline:
         assert server.poll() is None, log_path.read_text()[-3000:]
         with contextlib.suppress(httpx.HTTPError):

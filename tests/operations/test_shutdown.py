@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.helpers import free_port
+from tests.processes import scaled
 from tests.upstream_server import FakeUpstream, Reply, r1_events
 
 ROOT = Path(__file__).parents[2]
@@ -53,7 +54,7 @@ def served(test_model_dir: Path, upstream: FakeUpstream) -> Iterator[subprocess.
         stderr=subprocess.DEVNULL,
     )
     process.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + scaled(90)
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(process.url + "/readyz", timeout=1).status_code == 200:  # type: ignore[attr-defined]
@@ -73,7 +74,7 @@ def test_sigterm_drains_live_streams(
     upstream.script(*[Reply(chunk_delay_s=0.4) for _ in range(STREAMS)])  # about 3 s each
     with concurrent.futures.ThreadPoolExecutor(STREAMS) as pool:
         streams = [pool.submit(stream_to_the_end, url) for _ in range(STREAMS)]
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + scaled(20)
         while len(upstream.requests) < STREAMS:
             assert time.monotonic() < deadline, "the streams did not all start"
             time.sleep(0.05)

@@ -23,6 +23,7 @@ import pytest
 
 from app.cli import _is_loopback
 from tests.helpers import free_port
+from tests.processes import scaled
 from tests.upstream_server import FakeUpstream
 
 ROOT = Path(__file__).parents[2]
@@ -59,7 +60,7 @@ class Served:
         return parsed
 
     def wait_for(self, predicate: Any, timeout_s: float = 90) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + scaled(timeout_s)
         while time.monotonic() < deadline:
             for line in self.lines():
                 if predicate(line):

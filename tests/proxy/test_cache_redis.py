@@ -27,6 +27,7 @@ from tests.helpers import (
     images_encoded,
     metric_value,
 )
+from tests.processes import scaled
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -64,7 +65,7 @@ def own_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)
     while True:
         try:
             client.ping()
@@ -89,7 +90,7 @@ def wait_for_keys(url: str, prefix: str, count: int) -> list[bytes]:
     """The cache writes to Redis after answering; wait (bounded) for the writes to land."""
     client = redis.Redis.from_url(url)
     try:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + scaled(5)
         while True:
             keys = list(client.scan_iter(match=f"{prefix}*"))
             if len(keys) >= count or time.monotonic() > deadline:
@@ -206,7 +207,7 @@ def test_corrupt_redis_entries_are_recomputed_and_overwritten(
             assert images_encoded(proxy.url) == 1 + number, kind  # recomputed, not trusted
             errors = metric_value(proxy.url, "clip_proxy_cache_errors_total", backend="redis")
             assert errors == number, kind
-            deadline = time.monotonic() + 5  # the overwrite lands after the answer
+            deadline = time.monotonic() + scaled(5)  # the overwrite lands after the answer
             while client.get(key) != stored and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert client.get(key) == stored, kind

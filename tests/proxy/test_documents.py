@@ -22,6 +22,7 @@ import redis
 
 from tests import pdfs
 from tests.helpers import DRY_RUN, ProxyServer, metric_value, proxy_settings
+from tests.processes import scaled
 from tests.upstream_server import FakeUpstream
 
 CHAT = "/v1/chat/completions"
@@ -406,7 +407,7 @@ def test_replicas_share_page_readings_through_redis(
     store = redis.Redis.from_url("redis://127.0.0.1:6379/5")
     try:
         assert send(first, ask(file_part(data)), **DRY_RUN).status_code == 200
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while len(list(store.scan_iter(f"{prefix}*"))) < 4 and time.monotonic() < deadline:
             time.sleep(0.05)  # the page count and three pages, written after the answer
 

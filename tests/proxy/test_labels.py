@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from app.config import Settings
 from app.engine.labels import read_vocabulary
 from tests.helpers import DATA, DRY_RUN, PHOTOS, ProxyServer, data_url, image_message
+from tests.processes import scaled
 
 VOCABULARY = ["cat", "dog", "astronaut", "cup of coffee", "rocket", "camera", "frisbee"]
 PROMPT = "a photo of a {label}"
@@ -152,7 +153,7 @@ def test_an_empty_vocabulary_is_logged_and_keeps_the_proxy_unready(
     empty.write_text("# nothing but a comment\n")
     caplog.set_level("ERROR", logger="app.engine.engine")
     proxy = start_proxy(wait_ready=False, labels_top_k=3, labels_vocabulary=str(empty))
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(30)
     failures: list[logging.LogRecord] = []
     while time.monotonic() < deadline and not failures:
         time.sleep(0.05)

@@ -36,6 +36,7 @@ from tests.helpers import (
     parse_vector,
     wait_for,
 )
+from tests.processes import scaled
 
 POISON = 1234.5  # first pixel value that makes a wrapped encoder misbehave
 
@@ -369,7 +370,14 @@ def test_out_of_memory_splits_the_batch(
 ) -> None:
     events = Recorder()
     wrapped = OutOfMemory(encoder, fits=2)
-    pool = make_pool(wrapped, max_batch=8, max_wait_ms=200, events=events)
+    # The batch closes when all the images are in (max_batch), not when a busy scheduler
+    # lets the wait run out: the whole batch is tried first whatever the machine's load.
+    pool = make_pool(
+        wrapped,
+        max_batch=len(photo_pixels),
+        max_wait_ms=int(scaled(10) * 1000),
+        events=events,
+    )
 
     results = asyncio.run(encode_all(pool, list(photo_pixels.values())))
 
@@ -414,7 +422,7 @@ def test_every_wait_has_a_deadline_and_abandoned_images_are_dropped(
     assert all(isinstance(result, Overloaded) for result in results)
     assert all(result.code == "encoder_timeout" for result in results)
     gated.gate.set()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + scaled(5)
     while events.dropped_images < 1:
         assert time.monotonic() < deadline, "the abandoned image was computed"
         time.sleep(0.01)

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from tests.helpers import DATA, ProxyServer, data_url
+from tests.processes import scaled
 from tests.upstream_server import FakeUpstream
 
 # db 13: this module's own on the shared Redis, apart from the other tests'.
@@ -117,7 +118,7 @@ def test_redis_entries_expire(
     client = sdk(proxy, "any")
     response = client.responses.create(model="deepseek-r1", input="Hello")
     assert client.responses.retrieve(response.id).id == response.id
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)
     while time.monotonic() < deadline:
         try:
             client.responses.retrieve(response.id)

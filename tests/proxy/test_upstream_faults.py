@@ -20,6 +20,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.helpers import ProxyServer, free_port, proxy_settings
+from tests.processes import scaled
 from tests.upstream_server import FakeUpstream, Reply
 
 RATE_LIMITED = {
@@ -52,7 +53,7 @@ def client(proxy: ProxyServer) -> openai.OpenAI:
 def settle(upstream: FakeUpstream, opened_before: int, *, idle_allowed: int = 1) -> None:
     """Every connection opened since `opened_before` is closed, but for at most
     `idle_allowed` kept alive in the proxy's pool."""
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + scaled(2)
     while True:
         opened = range(opened_before + 1, upstream.connections_opened + 1)
         still_open = [c for c in opened if c not in upstream.closed_connections]
