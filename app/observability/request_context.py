@@ -32,6 +32,7 @@ SERVER_TIMING_STAGES = (
     "decode",
     "preprocess",
     "encode",
+    "describe",
     "upstream_ttfb",
 )
 

@@ -20,6 +20,7 @@ from app.engine.engine import Engine
 from app.ingest.fetch import FetchPolicy, SafeFetcher
 from app.metrics import Metrics
 from app.runtime.lifecycle import Startup, freeze_startup_objects
+from app.runtime.vision import build_vision
 from app.services.chat import ChatLimits, ChatOptions, ChatService
 from app.services.embeddings import EmbeddingsOptions, EmbeddingsService
 from app.services.health import HealthService
@@ -27,6 +28,7 @@ from app.services.models import ModelsService
 from app.upstream.client import RetryPolicy, UpstreamClient
 from app.upstream.rate_limit import RateLimiter
 from app.upstream.session import TlsOptions
+from app.vision.bridge import VisionBridge
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class AppState:
     fetcher: SafeFetcher
     upstream: UpstreamClient
     services: Services
+    vision: VisionBridge
 
 
 def build_state(
@@ -106,7 +109,9 @@ def build_state(
         preset=settings.prompt_preset,
         include_vector=settings.include_vector,
         ocr_max_chars=settings.ocr_max_chars,
+        description_max_chars=settings.description_max_chars,
     )
+    vision = build_vision(settings, metrics, engine)
     embeddings_options = EmbeddingsOptions(
         model_name=settings.clip_model,
         max_inputs=2048,
@@ -119,11 +124,12 @@ def build_state(
         fetcher=fetcher,
         upstream=upstream,
         services=Services(
-            chat=ChatService(options, engine, upstream, metrics=metrics),
+            chat=ChatService(options, engine, upstream, metrics=metrics, vision=vision),
             embeddings=EmbeddingsService(embeddings_options, engine),
             models=ModelsService(upstream),
             health=HealthService(engine, metrics, draining=draining),
         ),
+        vision=vision,
     )
 
 
