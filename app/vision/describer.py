@@ -100,12 +100,15 @@ class Describer:
     async def _ask(self, body: bytes) -> bytes:
         try:
             response = await self._client.open("POST", "/chat/completions", body=body)
-            try:
-                return await response.read(max_bytes=ANSWER_MAX_BYTES)  # the key scrubbed
-            finally:
-                await response.aclose()
         except ProxyError as exc:
             raise DescriberFailed(outcome_of(exc), exc.message) from exc
+        try:
+            return await response.read(max_bytes=ANSWER_MAX_BYTES)  # the key scrubbed
+        except ProxyError as exc:  # the answer began and broke off (or ran too long)
+            outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "bad_response"
+            raise DescriberFailed(outcome, exc.message) from exc
+        finally:
+            await response.aclose()
 
 
 def outcome_of(exc: ProxyError) -> str:
