@@ -253,3 +253,28 @@ def test_a_describer_concurrency_limit_is_held(
     assert reply.headers[ROUTES] == ",".join(f"{n}=described:local" for n in range(1, 7))
     assert len(vision.requests) == 6
     assert vision.max_in_flight == 2
+
+
+def test_the_echo_upstream_shows_the_description_and_a_passed_through_image(
+    start_proxy: Callable[..., ProxyServer], vision: VisionServer
+) -> None:
+    from openai import OpenAI
+
+    proxy = start_proxy(
+        upstream_base_url="echo",
+        upstream_api_key="",
+        describers=[describer("local", vision.base_url)],
+        upstream_vision_models=["vlm-*"],
+    )
+    client = OpenAI(base_url=proxy.url + "/v1", api_key="unused")
+    image: Any = image_message(data_url(unique_png()), "What is it?")
+    described = client.chat.completions.create(
+        model="deepseek-r1",
+        messages=[image],
+        extra_headers=DESCRIBE,
+    )
+    answer = str(described.choices[0].message.content)
+    assert "described as 'A red bicycle leaning on a wall" in answer, answer
+    seen = client.chat.completions.create(model="vlm-large", messages=[image])
+    answer = str(seen.choices[0].message.content)
+    assert "the image itself, a " in answer and "-character data URL" in answer, answer
