@@ -82,9 +82,15 @@ class VisionServer:
     async def _start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/stats", self._stats)
         self._runner = web.AppRunner(app, handler_cancellation=True)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"requests": len(self.requests), "max_in_flight": self.max_in_flight}
+        )
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -128,3 +134,26 @@ class VisionServer:
             )
         finally:
             self.in_flight -= 1
+
+
+def main() -> None:
+    """Serve in a process of its own (bench/describe.py): `--port`, `--delay-s`, `--mode`."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay-s", type=float, default=0.2)
+    parser.add_argument("--mode", choices=MODES, default="ok")
+    parser.add_argument("--answer", default="A grey tabby cat lying on a sofa.")
+    args = parser.parse_args()
+    server = VisionServer(answer=args.answer, delay_s=args.delay_s)
+    server.port = args.port
+    server.mode = args.mode
+    with server:
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

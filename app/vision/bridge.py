@@ -27,7 +27,7 @@ from app.ingest.sources import ImageLimits, ImageSource, decode_image
 from app.metrics import Metrics
 from app.observability.request_context import note_stage
 from app.vision.chain import AllDescribersFailed, DescriberChain
-from app.vision.passthrough import Prepared, prepare
+from app.vision.passthrough import Prepared, as_it_came, prepare
 from app.vision.prompt import DEFAULT_PROMPT, prompt_fields, render_prompt
 
 
@@ -110,8 +110,9 @@ class VisionBridge:
             route, text = await self._describe(image, question, described.ocr or "")
         else:  # the describer and the engine side by side
             async with asyncio.TaskGroup() as group:
-                engine_task = group.create_task(engine.describe_bytes(image, words=words))
+                # The describer first: it is the long pole, its request should leave first.
                 describer_task = group.create_task(self._describe(image, question, ""))
+                engine_task = group.create_task(engine.describe_bytes(image, words=words))
             described = engine_task.result()
             route, text = describer_task.result()
         return _seen(described, route, text)
@@ -131,7 +132,10 @@ class VisionBridge:
         key = hashlib.sha256(f"{image.sha256}\n{prompt}".encode()).hexdigest()
 
         async def compute() -> str:
-            prepared = await self._prepare(image)
+            # A clean image goes as it came (CLIP's side checks and decodes it anyway).
+            prepared = await asyncio.to_thread(
+                as_it_came, image.data, max_side=self._options.passthrough_max_side
+            ) or await self._prepare(image)
             name, text = await chain.describe(prompt, prepared.data_url)
             return f"{name}\n{text}"
 

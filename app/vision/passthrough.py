@@ -17,6 +17,16 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps
 
 JPEG_QUALITY = 90
+# What a JPEG or PNG may carry and still go to a describer as it came: coding details, no
+# EXIF, no ICC profile, no comments, XMP or text chunks.
+_HARMLESS_INFO = frozenset(
+    {
+        "jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "adobe",
+        "adobe_transform", "progressive", "progression", "gamma", "srgb", "chromaticity",
+        "interlace", "aspect",
+    }
+)  # fmt: skip
+_MIME = {"JPEG": "image/jpeg", "PNG": "image/png"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,24 @@ class Prepared:
     @property
     def data_url(self) -> str:
         return f"data:{self.mime};base64,{base64.b64encode(self.data).decode()}"
+
+
+def as_it_came(data: bytes, *, max_side: int) -> Prepared | None:
+    """The image itself when it needs nothing done: a JPEG or RGB(A) PNG within `max_side`,
+    with no metadata (read from its header only; nothing is decoded). None otherwise."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            mime = _MIME.get(image.format or "")
+            clean = (
+                mime is not None
+                and image.mode in ("RGB", "RGBA", "L")
+                and max(image.size) <= max_side
+                and set(image.info) <= _HARMLESS_INFO
+                and not image.getexif()
+            )
+            return Prepared(mime, data, *image.size) if clean and mime else None
+    except (OSError, ValueError, SyntaxError):
+        return None
 
 
 def prepare(data: bytes, *, max_side: int, decode: Callable[[bytes], Image.Image]) -> Prepared:

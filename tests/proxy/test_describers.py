@@ -80,7 +80,8 @@ def test_the_description_reaches_the_prompt_and_the_question_reaches_the_describ
     asked = vision.requests[-1]
     assert question in asked.prompt
     assert asked.body["model"] == "local-vlm"
-    assert asked.image_url.startswith("data:image/jpeg;base64,")
+    # A clean small PNG goes as it came.
+    assert asked.image_url.startswith("data:image/png;base64,")
     assert (
         metric_value(
             proxy.url, "clip_proxy_describer_requests_total", describer="local", outcome="ok"
@@ -278,3 +279,20 @@ def test_the_echo_upstream_shows_the_description_and_a_passed_through_image(
     seen = client.chat.completions.create(model="vlm-large", messages=[image])
     answer = str(seen.choices[0].message.content)
     assert "the image itself, a " in answer and "-character data URL" in answer, answer
+
+
+def test_a_phone_photo_reaches_the_describer_upright_and_without_exif(
+    start_proxy: Callable[..., ProxyServer], vision: VisionServer
+) -> None:
+    import io
+
+    from PIL import Image
+
+    from tests.proxy.test_passthrough import phone_photo
+
+    proxy = start_proxy(describers=[describer("local", vision.base_url)], passthrough_max_side=512)
+    ask(proxy, [image_message(data_url(phone_photo(), "image/jpeg"))])
+    asked = vision.requests[-1]
+    assert asked.image_url.startswith("data:image/jpeg;base64,")
+    seen = Image.open(io.BytesIO(asked.image_bytes))
+    assert seen.size == (256, 512) and not seen.getexif()

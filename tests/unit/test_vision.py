@@ -15,7 +15,7 @@ from app.ingest.sources import ImageLimits, decode_image
 from app.prompt.protocol import PromptFormat, PromptPreset
 from app.prompt.rewrite import ImageFacts, ImageTemplates, rewrite_messages
 from app.vision.describer import DescriberFailed, text_of
-from app.vision.passthrough import prepare
+from app.vision.passthrough import as_it_came, prepare
 from app.vision.prompt import DEFAULT_PROMPT, QUESTION_MAX_CHARS, question_of, render_prompt
 
 LIMITS = ImageLimits(max_bytes=10_000_000, max_pixels=40_000_000)
@@ -124,3 +124,22 @@ def test_the_description_placeholder_is_in_every_template_and_escaped() -> None:
     )
     assert "Description: a &lt;b&gt;bold&lt;/b&gt; claim" in described[0]["content"]
     assert Settings(image_template="<image>{description}</image>").templates().uses("description")
+
+
+def test_only_a_clean_image_within_bounds_goes_as_it_came() -> None:
+    def encoded(fmt: str, size: tuple[int, int] = (100, 50), **options: object) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", size, "red").save(buffer, fmt, **options)
+        return buffer.getvalue()
+
+    clean_jpeg, clean_png = encoded("JPEG"), encoded("PNG")
+    assert as_it_came(clean_jpeg, max_side=100) is not None
+    same = as_it_came(clean_png, max_side=100)
+    assert same is not None and same.data == clean_png and same.mime == "image/png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert as_it_came(encoded("JPEG", exif=exif), max_side=100) is None
+    assert as_it_came(encoded("JPEG", comment=b"from a camera"), max_side=100) is None
+    assert as_it_came(encoded("JPEG", (101, 50)), max_side=100) is None
+    assert as_it_came(encoded("WEBP"), max_side=100) is None
+    assert as_it_came(b"not an image", max_side=100) is None
