@@ -10,6 +10,7 @@ Bad values are refused when the process starts, with a message that names the va
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterable
 from enum import StrEnum
@@ -180,7 +181,7 @@ class Settings(BaseSettings):
     caption_timeout_s: float = Field(60.0, gt=0)
     # Describers: OpenAI-compatible vision models asked for a description (a JSON list of
     # {"name", "base_url", "model", "api_key_env", "timeout_s", "concurrency"}), in order.
-    describers: list[DescriberSpec] = Field(default_factory=list)
+    describers: Annotated[list[DescriberSpec], NoDecode] = Field(default_factory=list)
     describer_timeout_s: float = Field(30.0, gt=0, le=600)
     describer_concurrency: int = Field(8, ge=1, le=1024)
     # A describer that failed is skipped this long; the next one is asked meanwhile.
@@ -286,6 +287,16 @@ class Settings(BaseSettings):
     @classmethod
     def _check_describer_prompt(cls, value: str) -> str:
         prompt_fields(value)  # raises ValueError naming the bad placeholder
+        return value
+
+    @field_validator("describers", mode="before")
+    @classmethod
+    def _parse_describers(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else []
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list of describers: {exc}") from None
         return value
 
     @field_validator("describers")

@@ -64,6 +64,14 @@ def test_a_bad_describer_entry_is_refused(entry: dict[str, str]) -> None:
         Settings(describers=[entry])
 
 
+def test_describers_that_are_not_json_are_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLIP_PROXY_DESCRIBERS", "[{'base_url': 'single quotes'}]")
+    with pytest.raises(ValidationError, match="not a JSON list of describers"):
+        Settings()
+
+
 def test_two_describers_of_one_name_are_refused() -> None:
     entry = {"base_url": "http://x/v1", "model": "m"}
     with pytest.raises(ValidationError, match="two describers"):
