@@ -188,7 +188,7 @@ class Settings(BaseSettings):
     describer_cooldown_s: float = Field(60.0, ge=0)
     # The describer's prompt; {question} (the user's text of that turn) and {ocr}.
     describer_prompt: str = DEFAULT_PROMPT
-    description_max_chars: int = Field(4000, ge=1, le=100_000)
+    description_max_chars: int = Field(4000, ge=1, le=50_000)
     # Upstream models that take images themselves (names or fnmatch patterns, comma list).
     upstream_vision_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     passthrough_max_side: int = Field(2048, ge=16, le=16384)

@@ -24,6 +24,8 @@ from app.upstream.client import UpstreamClient
 
 # A description is a few hundred words; an answer past this was not one.
 ANSWER_MAX_BYTES = 1024 * 1024
+# Characters of a description kept (and cached; DESCRIPTION_MAX_CHARS cuts the prompt's).
+DESCRIPTION_MAX_STORED = 50_000
 # Tokens the describer may write (an answer is capped again by DESCRIPTION_MAX_CHARS).
 MAX_TOKENS = 1024
 OUTCOMES = (
@@ -61,7 +63,6 @@ class Describer:
         self.concurrency = concurrency
         self._client = client
         self._slots = asyncio.Semaphore(concurrency)
-        self.in_flight = 0
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -87,15 +88,12 @@ class Describer:
             }
         )
         async with self._slots:
-            self.in_flight += 1
             try:
                 async with asyncio.timeout(self.timeout_s):
                     answer = await self._ask(body)
             except TimeoutError:
                 raise DescriberFailed("timeout", f"no answer in {self.timeout_s:g} s") from None
-            finally:
-                self.in_flight -= 1
-        return text_of(answer)
+        return text_of(answer)[:DESCRIPTION_MAX_STORED]
 
     async def _ask(self, body: bytes) -> bytes:
         try:
