@@ -147,7 +147,7 @@ def test_a_failed_describer_cools_down_and_comes_back(
     failing.mode = "500"
     proxy = start_proxy(
         describers=[describer("first", failing.base_url), describer("second", vision.base_url)],
-        describer_cooldown_s=1.0,
+        describer_cooldown_s=3.0,  # long enough for two requests on a busy machine
     )
     assert ask(proxy, [image_message(data_url(unique_png()))]).headers[ROUTES] == (
         "1=described:second"
@@ -246,7 +246,7 @@ def test_one_describer_call_for_two_turns_over_two_replicas_sharing_redis(
 def test_a_describer_concurrency_limit_is_held(
     start_proxy: Callable[..., ProxyServer], vision: VisionServer
 ) -> None:
-    vision.delay_s = 0.2
+    vision.delay_s = 0.4  # long enough that two are in flight even on a busy machine
     proxy = start_proxy(describers=[describer("local", vision.base_url, concurrency=2)])
     parts: list[Any] = [{"type": "text", "text": "Compare these."}]
     parts += [{"type": "image_url", "image_url": {"url": data_url(unique_png())}} for _ in range(6)]
