@@ -10,6 +10,7 @@ Bad values are refused when the process starts, with a message that names the va
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterable
 from enum import StrEnum
@@ -31,6 +32,8 @@ from app.prompt.documents import DOCUMENT_FIELDS, PAGE_FIELDS, DocumentTemplates
 from app.prompt.protocol import PromptFormat, PromptPreset
 from app.prompt.rewrite import ImageTemplates, template_fields
 from app.upstream.forward_headers import NEVER_FORWARDED
+from app.vision.prompt import DEFAULT_PROMPT, prompt_fields
+from app.vision.spec import DescriberSpec, check_specs
 
 _DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
@@ -177,6 +180,19 @@ class Settings(BaseSettings):
     caption_max_batch: int = Field(8, ge=1, le=256)
     caption_queue_size: int = Field(64, ge=1, le=100_000)
     caption_timeout_s: float = Field(60.0, gt=0)
+    # Describers: OpenAI-compatible vision models asked for a description (a JSON list of
+    # {"name", "base_url", "model", "api_key_env", "timeout_s", "concurrency"}), in order.
+    describers: Annotated[list[DescriberSpec], NoDecode] = Field(default_factory=list)
+    describer_timeout_s: float = Field(30.0, gt=0, le=600)
+    describer_concurrency: int = Field(8, ge=1, le=1024)
+    # A describer that failed is skipped this long; the next one is asked meanwhile.
+    describer_cooldown_s: float = Field(60.0, ge=0)
+    # The describer's prompt; {question} (the user's text of that turn) and {ocr}.
+    describer_prompt: str = DEFAULT_PROMPT
+    description_max_chars: int = Field(4000, ge=1, le=50_000)
+    # Upstream models that take images themselves (names or fnmatch patterns, comma list).
+    upstream_vision_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    passthrough_max_side: int = Field(2048, ge=16, le=16384)
 
     # ---- Documents (PDF and text files): read as words, text layer first, OCR otherwise ----
     document_max_pages: int = Field(100, ge=1, le=100_000)
@@ -293,6 +309,33 @@ class Settings(BaseSettings):
                 "(credentials and hop-by-hop headers stay between the client and the proxy)"
             )
         return names
+
+    @field_validator("describer_prompt")
+    @classmethod
+    def _check_describer_prompt(cls, value: str) -> str:
+        prompt_fields(value)  # raises ValueError naming the bad placeholder
+        return value
+
+    @field_validator("describers", mode="before")
+    @classmethod
+    def _parse_describers(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else []
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list of describers: {exc}") from None
+        return value
+
+    @field_validator("describers")
+    @classmethod
+    def _check_describers(cls, value: list[DescriberSpec]) -> list[DescriberSpec]:
+        check_specs(value)
+        return value
+
+    @field_validator("upstream_vision_models", mode="before")
+    @classmethod
+    def _parse_vision_models(cls, value: object) -> object:
+        return _split_commas(value)
 
     @field_validator("api_keys", "fetch_allow_hosts", "fetch_allow_networks", mode="before")
     @classmethod

@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
+            await state.vision.aclose()  # before the engine: its cache writes first
             await state.engine.aclose()
             await state.upstream.aclose()
             await state.fetcher.aclose()

@@ -378,6 +378,33 @@ class Metrics:
             buckets=_ENCODE_BUCKETS,
             registry=r,
         )
+        # Describers: vision models asked over HTTP (app/vision/).
+        self.describer_requests = Counter(
+            "clip_proxy_describer_requests",
+            "Describer requests by describer and outcome (ok, timeout, rate_limited, "
+            "server_error, client_error, unreachable, bad_response)",
+            ["describer", "outcome"],
+            registry=r,
+        )
+        self.describer_duration = Histogram(
+            "clip_proxy_describer_duration_seconds",
+            "Time a describer took to answer (or fail), per describer",
+            ["describer"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.describer_cooldown = Gauge(
+            "clip_proxy_describer_cooldown",
+            "1 while a describer is skipped after a failure (DESCRIBER_COOLDOWN_S), else 0",
+            ["describer"],
+            registry=r,
+        )
+        self.describer_fallbacks = Counter(
+            "clip_proxy_describer_fallbacks",
+            "Images that got no description because every describer failed or was cooling "
+            "down (they keep OCR, tags and caption)",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

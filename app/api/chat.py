@@ -26,6 +26,8 @@ DRY_RUN_HEADER = "x-clip-proxy-dry-run"
 PRESET_HEADER = "x-clip-proxy-preset"
 FORMAT_HEADER = "x-clip-proxy-format"
 PROMPT_CHARS_HEADER = "X-Clip-Proxy-Prompt-Chars"
+# The dry run: which way each image went, `1=described:local,2=fallback,3=passthrough`.
+IMAGE_ROUTES_HEADER = "X-Clip-Proxy-Image-Routes"
 # Intermediaries must neither cache nor buffer an event stream.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # nginx's status for "the client closed the request": nobody receives it, the log shows it.
@@ -67,7 +69,12 @@ async def chat_completions(request: Request) -> Response:
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED)
     if isinstance(outcome, DryRun):
-        return JsonResponse(outcome.body, headers={PROMPT_CHARS_HEADER: str(outcome.prompt_chars)})
+        headers = {PROMPT_CHARS_HEADER: str(outcome.prompt_chars)}
+        if outcome.image_routes:
+            headers[IMAGE_ROUTES_HEADER] = ",".join(
+                f"{number}={route}" for number, route in enumerate(outcome.image_routes, 1)
+            )
+        return JsonResponse(outcome.body, headers=headers)
     if isinstance(outcome, JsonReply):
         return Response(outcome.body, outcome.status_code, media_type=outcome.media_type)
     return RelayResponse(

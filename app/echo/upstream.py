@@ -67,6 +67,7 @@ _INLINE_IMAGE = re.compile(
 )
 _VECTOR = re.compile(r"-?\d+\.\d+(?:\s*,\s*-?\d+\.\d+)+")
 _ATTRIBUTE = re.compile(r'(\w+)="([^"]*)"')
+_DESCRIPTION = re.compile(r"^Description: (.*)$", re.M)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class ReceivedImage:
     vector_chars: int
     words: str  # labels, recognised text, caption: whatever text came with the image
     reference: str = ""  # a retained image sent as a short reference instead of its vector
+    description: str = ""  # a describer's `Description: ...` line, as received
+    passed_through: int = 0  # bytes of an image sent itself (an image_url data URL)
 
 
 def received_images(messages: Iterable[Any]) -> list[ReceivedImage]:
@@ -93,7 +96,10 @@ def received_images(messages: Iterable[Any]) -> list[ReceivedImage]:
             for part in content:
                 if not isinstance(part, dict):
                     continue
-                if part.get("type") == "image_embedding":
+                if part.get("type") == "image_url":
+                    url = str((part.get("image_url") or {}).get("url", ""))
+                    found.append(ReceivedImage(False, 0, 0, "", passed_through=len(url)))
+                elif part.get("type") == "image_embedding":
                     found.append(_content_part_image(part.get("image_embedding")))
                 elif part.get("type") == "text":
                     found.extend(_inline_images(str(part.get("text", ""))))
@@ -117,6 +123,7 @@ def _inline_images(text: str) -> list[ReceivedImage]:
                 vector_chars=len(vector[0]) if vector else 0,
                 words="; ".join(words),
                 reference=attributes.get("ref", ""),
+                description=described[1] if (described := _DESCRIPTION.search(body)) else "",
             )
         )
     return images
@@ -147,9 +154,15 @@ def account(body: dict[str, Any], sizes: list[str], forwarded: list[str]) -> tup
         facts = []
         if index < len(sizes) and sizes[index]:
             facts.append(f"{sizes[index]} px")
-        if image.words:
+        if image.description:
+            facts.append(f"described as {_cut(image.description, 300)!r}")
+        elif image.words:
             facts.append(_cut(image.words, 300))
-        if image.reference:
+        if image.passed_through:
+            facts.append(f"the image itself, a {image.passed_through:,}-character data URL")
+        if image.passed_through:
+            pass
+        elif image.reference:
             facts.append(f"a reference ({image.reference}) instead of its vector")
         elif image.vector_values:
             facts.append(

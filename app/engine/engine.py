@@ -193,6 +193,18 @@ class Engine:
     def cache_backends(self) -> list[str]:
         return self._cache.backends
 
+    def words_cache(self, kind: str, identity: str) -> WordsCache:
+        """A cache of other words about images (a describer's), beside the vectors in the
+        engine's backends; `identity` names what makes them (the describer models)."""
+        cache = WordsCache(
+            self._cache.backend_list,
+            self._metrics,
+            kind=kind,
+            prefix=self._settings.cache_key_prefix,
+        )
+        cache.bind(namespace_of(identity, 1, kind))
+        return cache
+
     async def start(self) -> str | None:
         """Load one model copy per device off the event loop; the pool warms each worker.
 
@@ -309,7 +321,14 @@ class Engine:
     async def describe(self, source: ImageSource, *, words: bool = False) -> ImageDescription:
         """The image's embedding and its labels (when labels are on); with `words`, also
         its tags, the text in it (OCR) and a caption, each when it is on."""
-        image = await self._images.read(source)
+        return await self.describe_bytes(await self._images.read(source), words=words)
+
+    async def read(self, source: ImageSource) -> ImageBytes:
+        """The image's bytes and SHA-256 (fetched, uploaded or decoded from base64)."""
+        return await self._images.read(source)
+
+    async def describe_bytes(self, image: ImageBytes, *, words: bool = False) -> ImageDescription:
+        """`describe` for bytes already read (`read`)."""
         if not words:
             embedding = await self._images.embed_bytes(image)
             return ImageDescription(embedding=embedding, labels=self._labels(embedding))

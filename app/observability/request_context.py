@@ -35,6 +35,7 @@ SERVER_TIMING_STAGES = (
     "document",
     "ocr",  # the describe preset's words, or a document page read by OCR
     "caption",
+    "describe",
     "upstream_ttfb",
 )
 

@@ -39,6 +39,7 @@
     upstream: $("upstream-body"),
     readable: $("upstream-readable"),
     rawToggle: $("raw-toggle"),
+    imageRoutes: $("image-routes"),
   };
 
   // The conversation as it is sent: earlier user messages keep their image_url parts, so
@@ -320,6 +321,7 @@
         parts.push(`this server does not switch formats per request`);
       }
       ui.upstreamSize.textContent = `(${parts.join(", ")})`;
+      showImageRoutes(response.headers.get("X-Clip-Proxy-Image-Routes"), upstreamBody);
     } catch (error) {
       ui.upstreamSize.textContent = `(the dry run failed: ${error})`;
     }
@@ -355,6 +357,47 @@
     ui.readable.hidden = raw;
     ui.rawToggle.setAttribute("aria-pressed", String(raw));
     ui.rawToggle.textContent = raw ? "readable" : "raw JSON";
+  }
+
+  // Which way each image went (X-Clip-Proxy-Image-Routes) and a describer's description of
+  // it, read from the body the upstream received. Text only: a description is model output.
+  function showImageRoutes(header, upstreamBody) {
+    ui.imageRoutes.replaceChildren();
+    if (!header) return;
+    const descriptions = {};
+    for (const message of upstreamBody.messages || []) {
+      const texts = Array.isArray(message.content)
+        ? message.content.filter((part) => part && part.type === "text").map((part) => part.text)
+        : [String(message.content || "")];
+      for (const text of texts) {
+        const blocks = /<image index="(\d+)"[^>]*>([\s\S]*?)<\/image>/g;
+        for (const match of text.matchAll(blocks)) {
+          const line = /^Description: (.*)$/m.exec(match[2]);
+          if (line) descriptions[match[1]] = unescapeText(line[1]);
+        }
+      }
+    }
+    for (const entry of header.split(",")) {
+      const [index, route] = entry.split("=");
+      const item = document.createElement("li");
+      item.dataset.route = route;
+      let said = route;
+      if (route.startsWith("described:")) {
+        said = `described by ${route.slice(10)}: ${descriptions[index] || "(shown above)"}`;
+      } else if (route === "fallback") {
+        said = "no description: every describer failed (OCR, tags and caption only)";
+      } else if (route === "passthrough") {
+        said = "sent as the image itself (the upstream sees)";
+      } else if (route === "bridge") {
+        said = "CLIP and the engine's words";
+      }
+      item.textContent = `image ${index}: ${said}`;
+      ui.imageRoutes.append(item);
+    }
+  }
+
+  function unescapeText(text) {
+    return text.replaceAll("&lt;", "<").replaceAll("&gt;", ">").replaceAll("&amp;", "&");
   }
 
   function appliedFormat(upstreamBody) {

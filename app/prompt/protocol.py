@@ -42,6 +42,7 @@ class PromptPreset(StrEnum):
 
     seed = "seed"  # the seed's vector formats, byte for byte
     describe = "describe"  # words R1 can read: text in the image, tags, a caption
+    passthrough = "passthrough"  # the image itself, for an upstream that sees (no CLIP, no OCR)
 
 
 class OpenAIModel(BaseModel):

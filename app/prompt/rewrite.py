@@ -43,7 +43,7 @@ Location = tuple[int, int]  # (message index, part index)
 Message = dict[str, Any]
 
 TEMPLATE_FIELDS = frozenset(
-    {"vector", "labels", "ocr", "caption", "index", "sha256", "width", "height"}
+    {"vector", "labels", "ocr", "caption", "index", "sha256", "width", "height", "description"}
 )
 
 
@@ -73,6 +73,9 @@ class ImageFacts:
     ocr: str | None = None
     caption: str = ""
     index: int = 0  # 1-based, over the request's images in order
+    description: str = ""  # a describer's (app/vision), when one answered
+    image_url: str = ""  # passthrough: the image itself, as a data URL, for an upstream that sees
+    route: str = ""  # which way the image went (bridge, described:<name>, fallback, passthrough)
 
     def render(self, template: str) -> str:
         return template.format(
@@ -80,6 +83,7 @@ class ImageFacts:
             labels=self.labels,
             ocr=escape_text(self.ocr or ""),
             caption=escape_text(self.caption),
+            description=escape_text(self.description),
             index=self.index,
             sha256=self.sha256,
             width=self.width,
@@ -92,6 +96,8 @@ def describe_image(facts: ImageFacts, *, include_vector: bool = False) -> str:
     lines = [f'<image index="{facts.index}" width="{facts.width}" height="{facts.height}">']
     if facts.caption:
         lines.append(f"Caption: {escape_text(facts.caption)}")
+    if facts.description:
+        lines.append(f"Description: {escape_text(facts.description)}")
     if facts.ocr:
         lines += ["Text in the image:", escape_text(facts.ocr)]
     elif facts.ocr is not None:
@@ -173,7 +179,9 @@ def rewrite_messages(
                 facts = images.get(location)
                 if facts is None:
                     raise ValueError("image part without a vector")  # the service encodes all
-                if describe:
+                if facts.image_url:
+                    parts.append({"type": "image_url", "image_url": {"url": facts.image_url}})
+                elif describe:
                     text = describe_image(facts, include_vector=include_vector)
                     parts.append({"type": "text", "text": text})
                 elif location in as_refs:

@@ -24,6 +24,7 @@ from app.ingest.fetch import FetchPolicy, SafeFetcher
 from app.metrics import Metrics
 from app.prompt.documents import DocumentTemplates
 from app.runtime.lifecycle import Startup, freeze_startup_objects
+from app.runtime.vision import build_vision
 from app.services.chat import ChatLimits, ChatOptions, ChatService
 from app.services.documents import DocumentOptions
 from app.services.embeddings import EmbeddingsOptions, EmbeddingsService
@@ -33,6 +34,7 @@ from app.services.response_store import ResponseStore
 from app.upstream.client import RetryPolicy, UpstreamClient
 from app.upstream.rate_limit import RateLimiter
 from app.upstream.session import TlsOptions
+from app.vision.bridge import VisionBridge
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class AppState:
     fetcher: SafeFetcher
     upstream: UpstreamClient
     services: Services
+    vision: VisionBridge
 
 
 def build_state(
@@ -113,6 +116,7 @@ def build_state(
         preset=settings.prompt_preset,
         include_vector=settings.include_vector,
         ocr_max_chars=settings.ocr_max_chars,
+        description_max_chars=settings.description_max_chars,
         documents=DocumentOptions(
             max_bytes=settings.max_document_bytes,
             max_chars=settings.document_max_chars,
@@ -138,6 +142,7 @@ def build_state(
         ocr=engine.read_page_image,
         metrics=metrics,
     )
+    vision = build_vision(settings, metrics, engine)
     embeddings_options = EmbeddingsOptions(
         model_name=settings.clip_model,
         max_inputs=2048,
@@ -150,7 +155,9 @@ def build_state(
         fetcher=fetcher,
         upstream=upstream,
         services=Services(
-            chat=ChatService(options, engine, upstream, metrics=metrics, documents=documents),
+            chat=ChatService(
+                options, engine, upstream, metrics=metrics, documents=documents, vision=vision
+            ),
             embeddings=EmbeddingsService(embeddings_options, engine),
             models=ModelsService(upstream),
             health=HealthService(engine, metrics, draining=draining),
@@ -161,6 +168,7 @@ def build_state(
                 prefix=settings.cache_key_prefix + "responses:",
             ),
         ),
+        vision=vision,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from app.documents.reader import DocumentReader
-from app.engine.engine import Engine, ImageDescription
+from app.engine.engine import Engine
 from app.errors import InvalidRequest, TooManyImages, UpstreamStatus, first_proxy_error
 from app.ingest.documents import DocumentSource
 from app.ingest.sources import ImageSource
@@ -51,6 +51,8 @@ from app.services.documents import (
 from app.upstream.client import UpstreamClient
 from app.upstream.response import UpstreamResponse
 from app.upstream.stream_meter import StreamMeter, count_tokens
+from app.vision.bridge import Seen, VisionBridge, VisionOptions
+from app.vision.prompt import question_of
 
 # The longest caption put in a prompt (a captioner writes one sentence).
 CAPTION_MAX_CHARS = 1000
@@ -62,6 +64,9 @@ class DryRun:
 
     body: dict[str, Any]
     prompt_chars: int = 0
+    # Which way each image went, in request order: bridge, described:<name>, fallback,
+    # passthrough (the X-Clip-Proxy-Image-Routes header).
+    image_routes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ class ChatOptions:
     include_vector: bool = False
     ocr_max_chars: int = 2000
     documents: DocumentOptions = field(default_factory=DocumentOptions)
+    description_max_chars: int = 4000
 
 
 class ChatService:
@@ -123,8 +129,10 @@ class ChatService:
         *,
         metrics: Metrics | None = None,
         documents: DocumentReader | None = None,
+        vision: VisionBridge | None = None,
     ) -> None:
         self._options = options
+        self._vision = vision or VisionBridge(None, None, VisionOptions(), metrics or Metrics())
         self._engine = engine
         self._upstream = upstream
         self._metrics = metrics or Metrics()
@@ -172,7 +180,10 @@ class ChatService:
                 f"{len(sources)} images in one request; the limit is {max_images}",
                 param="messages",
             )
-        images = await self._encode_all(sources, words=preset is PromptPreset.describe)
+        model = body.get("model") or self._options.default_model
+        if self._vision.sees(model):
+            preset = PromptPreset.passthrough  # an upstream that sees gets the images
+        images = await self._encode_all(sources, messages, preset)
         body["messages"] = rewrite_messages(
             messages,
             images,
@@ -185,7 +196,8 @@ class ChatService:
         prompt_chars = len(orjson.dumps(body["messages"]).decode())
         self._metrics.prompt_chars.labels(preset=preset.value).observe(prompt_chars)
         if dry_run:
-            return DryRun(body, prompt_chars)
+            routes = tuple(images[where].route for where in sorted(images))
+            return DryRun(body, prompt_chars, routes)
         stream = bool(body.get("stream"))
         headers: dict[str, str] = {}
         if self._options.send_image_sizes and images:
@@ -243,15 +255,30 @@ class ChatService:
         return reply
 
     async def _encode_all(
-        self, sources: dict[Location, ImageSource], *, words: bool
+        self,
+        sources: dict[Location, ImageSource],
+        messages: list[Message],
+        preset: PromptPreset,
     ) -> dict[Location, ImageFacts]:
         if not sources:
             return {}
         started = time.perf_counter()
-        results: dict[Location, ImageDescription] = {}
+        results: dict[Location, Seen] = {}
+        words = preset is PromptPreset.describe
+        # A describer for the describe preset, or for a template that shows {description}.
+        describe = words or self._options.templates.uses("description")
 
         async def encode_one(location: Location, source: ImageSource) -> None:
-            results[location] = await self._engine.describe(source, words=words)
+            results[location] = await self._vision.see(
+                self._engine,
+                source,
+                # The text of the turn the image came with: a retained image in a later
+                # turn is asked the same question, and its description comes from the cache.
+                question=question_of(messages[location[0]]),
+                words=words,
+                describe=describe,
+                passthrough=preset is PromptPreset.passthrough,
+            )
 
         try:
             # A TaskGroup cancels the siblings of a failed image, so one bad image stops
@@ -264,17 +291,32 @@ class ChatService:
         note_stage("images", time.perf_counter() - started)  # all images, side by side
         # A history repeats its images: each distinct one is formatted (and labelled) once.
         facts_by_sha: dict[str, ImageFacts] = {}
-        for described in results.values():
-            sha256 = described.embedding.sha256
-            if sha256 not in facts_by_sha:
-                facts_by_sha[sha256] = self._facts(described)
+        for seen in results.values():
+            if seen.sha256 not in facts_by_sha:
+                facts_by_sha[seen.sha256] = self._facts(seen)
         # Each image part is numbered in request order, repeats included.
         return {
-            location: replace(facts_by_sha[results[location].embedding.sha256], index=number)
+            location: replace(
+                facts_by_sha[results[location].sha256],
+                index=number,
+                description=clip_text(
+                    results[location].description, self._options.description_max_chars
+                ),
+                route=results[location].route,
+            )
             for number, location in enumerate(sorted(results), start=1)
         }
 
-    def _facts(self, described: ImageDescription) -> ImageFacts:
+    def _facts(self, seen: Seen) -> ImageFacts:
+        described = seen.described
+        if described is None:  # passthrough: the image itself, no CLIP, no OCR
+            return ImageFacts(
+                vector="",
+                sha256=seen.sha256,
+                width=seen.width,
+                height=seen.height,
+                image_url=seen.image_url,
+            )
         embedding, ocr = described.embedding, described.ocr
         return ImageFacts(
             vector=format_vector(embedding.vector, self._options.decimals),

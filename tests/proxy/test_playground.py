@@ -575,3 +575,26 @@ def test_a_pdf_and_a_text_file_go_as_documents(
     )
     assert content.endswith('name="notes.md" pages="1" read="text:1">\n# Notes\n\n</document>')
     assert written[1].splitlines()[0] in content
+
+
+def test_the_page_shows_each_images_description(
+    playground: Callable[[ProxyServer], Playground],
+    start_proxy: Callable[..., ProxyServer],
+    tmp_path: Path,
+) -> None:
+    from tests.vision_server import VisionServer
+
+    with VisionServer(answer="A coffee cup <on> a saucer & spoon.") as vision:
+        server = start_proxy(
+            prompt_preset="describe",
+            describers=[{"name": "local", "base_url": vision.base_url, "model": "vlm"}],
+        )
+        page = playground(server)
+        page.pick(write(tmp_path, "coffee.png", fresh_png(2601)))
+        page.ask("What is on the saucer?")
+        page.wait_done()
+        page.wait(lambda: "image 1" in page.text("image-descriptions"))
+        page.shot("described")
+        shown = page.text("image-descriptions")
+        assert shown == "image 1: described by local: A coffee cup <on> a saucer & spoon."
+        assert "What is on the saucer?" in vision.requests[-1].prompt
