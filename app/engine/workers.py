@@ -15,6 +15,12 @@ A worker takes the first waiting item and whatever else is already queued, up to
 `max_batch` (no waiting for more: OCR runs items one by one, a captioner batches them on
 the GPU), skips items whose caller has gone, and hands the batch to `model.run`, which
 answers one result or one exception per item.
+
+The queue is shared fairly between clients (`fair_queue.py`: the least-served client goes
+next). A model that can cut its work into steps (`SteppedModel`: OCR, `ocr_steps.py`) is
+run one step at a time: after each step the image waits its client's turn again, so a
+long image interleaves with other clients' images, and one past its deadline is dropped
+before its next step (and its running inference ended), which frees the worker.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+from app.engine.deadline import Deadline
+from app.engine.fair_queue import FairQueue
 from app.errors import EngineNotReady, EngineTimeout, ModelFailed, Overloaded, ProxyError
+from app.observability.tenant import current_client
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +48,8 @@ In_contra = TypeVar("In_contra", contravariant=True)
 Out_co = TypeVar("Out_co", covariant=True)
 
 _POLL_S = 0.05
+# Images a worker has begun and interleaves at once (each holds its decoded pixels).
+_ACTIVE_PER_WORKER = 4
 
 
 class BatchModel(Protocol[In_contra, Out_co]):
@@ -49,6 +60,13 @@ class BatchModel(Protocol[In_contra, Out_co]):
         ...
 
     def warm_up(self) -> None: ...
+
+
+class SteppedModel(Protocol[In_contra, Out_co]):
+    """A model that can also read one item as steps: each `next()` runs one, the return
+    value is the result (see `OcrModel.begin`)."""
+
+    def begin(self, item: In_contra, deadline: Deadline) -> Generator[None, None, Out_co]: ...
 
 
 class WorkerEvents:
@@ -64,8 +82,13 @@ class WorkerEvents:
 @dataclass(eq=False)
 class _Job(Generic[In, Out]):
     item: In
+    deadline: Deadline = field(default_factory=lambda: Deadline(float("inf")))
     future: Future[Out] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
+    steps: Generator[None, None, Out] | None = None  # once begun (a stepped model)
+    worker: int | None = None  # the worker that began it, and the only one to step it
+    started_at: float = 0.0
+    abandoned: bool = False  # its caller has gone (timed out or left)
 
 
 class WorkerPool(Generic[In, Out]):
@@ -88,7 +111,8 @@ class WorkerPool(Generic[In, Out]):
         self._max_batch = max_batch
         self._timeout_s = timeout_s
         self._events = events or WorkerEvents()
-        self._queue: queue.Queue[_Job[In, Out]] = queue.Queue(maxsize=max_queue)
+        self._queue: FairQueue[_Job[In, Out]] = FairQueue(max_queue)
+        self._active = 0  # jobs begun and not finished (holding a worker's time)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ready_count = 0
@@ -106,6 +130,11 @@ class WorkerPool(Generic[In, Out]):
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def active_jobs(self) -> int:
+        """Images begun and not finished: 0 once every worker is free."""
+        return self._active
 
     def start(self) -> None:
         for index in range(self._workers):
@@ -128,9 +157,9 @@ class WorkerPool(Generic[In, Out]):
         """The model's answer for `item`, within the pool's deadline."""
         if not self.ready:
             raise EngineNotReady(f"{self.kind} engine")
-        job: _Job[In, Out] = _Job(item)
+        job: _Job[In, Out] = _Job(item, Deadline.after(self._timeout_s))
         try:
-            self._queue.put_nowait(job)
+            self._queue.put(current_client(), job)
         except queue.Full:
             self._events.failed("overloaded")
             raise Overloaded(f"the {self.kind} queue is full; retry shortly") from None
@@ -142,6 +171,8 @@ class WorkerPool(Generic[In, Out]):
             raise EngineTimeout(
                 f"{self.kind} took longer than {self._timeout_s:g} s on an image"
             ) from None
+        finally:
+            job.abandoned = True  # done, timed out or gone: a worker drops it if still held
 
     def _work(self) -> None:
         try:
@@ -153,21 +184,94 @@ class WorkerPool(Generic[In, Out]):
             return
         with self._lock:
             self._ready_count += 1
+        if callable(getattr(model, "begin", None)):
+            self._work_in_steps(model)
+        else:
+            self._work_in_batches(model)
+
+    def _work_in_batches(self, model: BatchModel[In, Out]) -> None:
+        def is_new(job: _Job[In, Out]) -> bool:
+            return True
+
         while not self._stop.is_set():
-            try:
-                first = self._queue.get(timeout=_POLL_S)
-            except queue.Empty:
+            taken = self._queue.take(lambda job: True, _POLL_S, new=is_new)
+            if taken is None:
                 continue
-            batch = [first]
+            batch = [taken]
             while len(batch) < self._max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
+                more = self._queue.take(lambda job: True, 0, new=is_new)
+                if more is None:
                     break
+                batch.append(more)
+            started = time.perf_counter()
             # A caller that timed out or left cancelled its future: skip its image.
-            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            live = [job for _, job in batch if job.future.set_running_or_notify_cancel()]
             if live:
                 self._run(model, live)
+            share = (time.perf_counter() - started) / len(batch)
+            for client, _ in batch:
+                self._queue.step_done(client, share)
+
+    def _work_in_steps(self, model: Any) -> None:
+        me = threading.get_ident()
+        mine = 0  # jobs this worker has begun and not finished
+
+        def runnable(job: _Job[In, Out]) -> bool:
+            return job.worker == me or (job.worker is None and mine < _ACTIVE_PER_WORKER)
+
+        def is_new(job: _Job[In, Out]) -> bool:
+            return job.worker is None
+
+        while not self._stop.is_set():
+            taken = self._queue.take(runnable, _POLL_S, new=is_new)
+            if taken is None:
+                continue
+            client, job = taken
+            started = time.perf_counter()
+            begun = job.worker is None
+            more = self._step(model, job, me)
+            if begun and job.worker == me:
+                mine += 1
+                with self._lock:
+                    self._active += 1
+            if not more and job.worker == me:
+                mine -= 1
+                with self._lock:
+                    self._active -= 1
+            self._queue.step_done(client, time.perf_counter() - started, job if more else None)
+
+    def _step(self, model: Any, job: _Job[In, Out], me: int) -> bool:
+        """One step of `job`; True when it has more."""
+        if job.steps is None:
+            if not job.future.set_running_or_notify_cancel():
+                return False  # its caller gave up while it waited
+            if job.abandoned or job.deadline.expired():
+                job.future.set_exception(EngineTimeout(f"{self.kind} deadline passed"))
+                return False
+            job.started_at = time.perf_counter()
+            job.worker = me
+            job.steps = model.begin(job.item, job.deadline)
+        elif job.abandoned or job.deadline.expired():
+            job.steps.close()  # ends its inference timer; the pixels are let go
+            self._events.failed("stopped")
+            if not job.future.done():
+                job.future.set_exception(EngineTimeout(f"{self.kind} deadline passed"))
+            return False
+        assert job.steps is not None
+        try:
+            next(job.steps)
+            return True
+        except StopIteration as done:
+            self._events.ran(
+                1, time.perf_counter() - job.started_at, [job.started_at - job.queued_at]
+            )
+            job.future.set_result(done.value)
+        except EngineTimeout as exc:  # stopped mid-inference at the deadline (ocr_steps.py)
+            self._events.failed("stopped")
+            job.future.set_exception(exc)
+        except Exception as exc:
+            self._settle(job, exc)
+        return False
 
     def _run(self, model: BatchModel[In, Out], jobs: list[_Job[In, Out]]) -> None:
         started = time.perf_counter()
@@ -180,16 +284,19 @@ class WorkerPool(Generic[In, Out]):
             results = [exc] * len(jobs)
         self._events.ran(len(jobs), time.perf_counter() - started, waits)
         for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, ProxyError):
-                self._events.failed("invalid" if result.status_code < 500 else "failed")
-                job.future.set_exception(result)
-            elif isinstance(result, BaseException):
-                self._events.failed("failed")
-                logger.error(
-                    "%s failed on one image", self.kind, exc_info=(type(result), result, None)
-                )
-                error = ModelFailed(f"{self.kind} failed on this image", code=f"{self.kind}_failed")
-                error.__cause__ = result
-                job.future.set_exception(error)
+            if isinstance(result, BaseException):
+                self._settle(job, result)
             else:
                 job.future.set_result(result)
+
+    def _settle(self, job: _Job[In, Out], result: BaseException) -> None:
+        """A job's failure: the client's own fault as it is, the model's as `ModelFailed`."""
+        if isinstance(result, ProxyError):
+            self._events.failed("invalid" if result.status_code < 500 else "failed")
+            job.future.set_exception(result)
+        else:
+            self._events.failed("failed")
+            logger.error("%s failed on one image", self.kind, exc_info=(type(result), result, None))
+            error = ModelFailed(f"{self.kind} failed on this image", code=f"{self.kind}_failed")
+            error.__cause__ = result
+            job.future.set_exception(error)

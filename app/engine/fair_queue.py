@@ -1,0 +1,102 @@
+"""A bounded queue shared fairly between clients: the client that has used the least work
+time so far goes next, so one client's images cannot take the pool while others wait.
+
+Each client (`app.observability.tenant.current_client()`: its key's identity, else its
+address) has its own FIFO. `take` picks, among clients with an item a worker may run, the
+one with the least service time accumulated while it had items queued (`step_done` adds to
+it; a client whose FIFO empties starts again from zero). Items that are cut into steps
+come back with `step_done(again=...)` after each step and wait their client's turn again, so a long
+image interleaves with others instead of holding its worker. Thread-safe.
+
+    queue = FairQueue(max_items=64)
+    queue.put("client-a", item)               # raises queue.Full past max_items
+    client, item = queue.take(accept, timeout=0.05, new=is_new)   # or None
+    queue.step_done(client, seconds, again=item)   # again=None: the item is finished
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Client(Generic[T]):
+    items: deque[T] = field(default_factory=deque)
+    served_s: float = 0.0
+    running: int = 0
+    arrived: int = 0  # the order clients arrived in: ties go to the earlier
+
+
+class FairQueue(Generic[T]):
+    def __init__(self, max_items: int) -> None:
+        self._max_items = max_items
+        self._clients: dict[str, _Client[T]] = {}
+        self._waiting_new = 0  # items put and not yet taken the first time
+        self._arrivals = 0
+        self._changed = threading.Condition()
+
+    def qsize(self) -> int:
+        with self._changed:
+            return sum(len(client.items) for client in self._clients.values())
+
+    def put(self, client: str, item: T) -> None:
+        """A new item; `queue.Full` when `max_items` new ones already wait."""
+        with self._changed:
+            if self._waiting_new >= self._max_items:
+                raise queue.Full
+            self._waiting_new += 1
+            entry = self._clients.get(client)
+            if entry is None:
+                self._arrivals += 1
+                entry = self._clients[client] = _Client(arrived=self._arrivals)
+            entry.items.append(item)
+            self._changed.notify_all()
+
+    def take(
+        self, accept: Callable[[T], bool], timeout: float, *, new: Callable[[T], bool]
+    ) -> tuple[str, T] | None:
+        """The least-served client's first item that `accept` allows (`new` tells an item
+        never taken before); None after `timeout`. Every take ends with `step_done`."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = self._pick(accept)
+                if found is not None:
+                    if new(found[1]):
+                        self._waiting_new -= 1
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
+
+    def step_done(self, client: str, seconds: float, again: T | None = None) -> None:
+        """One step of `client`'s item took `seconds`; `again`: it has more (queued at once,
+        never refused); the client's account is forgotten once it has nothing left."""
+        with self._changed:
+            entry = self._clients[client]
+            entry.running -= 1
+            entry.served_s += seconds
+            if again is not None:
+                entry.items.append(again)
+                self._changed.notify_all()
+            elif not entry.items and entry.running == 0:
+                del self._clients[client]
+
+    def _pick(self, accept: Callable[[T], bool]) -> tuple[str, T] | None:
+        order = sorted(self._clients.items(), key=lambda pair: (pair[1].served_s, pair[1].arrived))
+        for name, entry in order:
+            for item in entry.items:
+                if accept(item):
+                    entry.items.remove(item)
+                    entry.running += 1
+                    return name, item
+        return None
