@@ -5,8 +5,10 @@ Each client (`app.observability.tenant.current_client()`: its key's identity, el
 address) has its own FIFO. `take` picks, among clients with an item a worker may run, the
 one with the least service time accumulated while it had items queued (`step_done` adds to
 it; a client whose FIFO empties starts again from zero). Items that are cut into steps
-come back with `step_done(again=...)` after each step and wait their client's turn again, so a long
-image interleaves with others instead of holding its worker. Thread-safe.
+come back with `step_done(again=...)` after each step and wait their client's turn again,
+so a long image interleaves with others instead of holding its worker; and a client that
+has used clearly more than one with a step running waits for that step rather than run
+beside it (the cores are what is shared). Thread-safe.
 
     queue = FairQueue(max_items=64)
     queue.put("client-a", item)               # raises queue.Full past max_items
@@ -25,6 +27,10 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+# How much more work time than a client with a step running another client may have used
+# and still run beside it (clients with short images run side by side; a long one waits).
+YIELD_SLACK_S = 0.25
 
 
 @dataclass
@@ -61,14 +67,21 @@ class FairQueue(Generic[T]):
             self._changed.notify_all()
 
     def take(
-        self, accept: Callable[[T], bool], timeout: float, *, new: Callable[[T], bool]
+        self,
+        accept: Callable[[T], bool],
+        timeout: float,
+        *,
+        new: Callable[[T], bool],
+        urgent: Callable[[T], bool] = lambda item: False,
     ) -> tuple[str, T] | None:
         """The least-served client's first item that `accept` allows (`new` tells an item
-        never taken before); None after `timeout`. Every take ends with `step_done`."""
+        never taken before; an `urgent` one, such as one past its deadline that only needs
+        dropping, goes first whoever sent it); None after `timeout`. Every take ends with
+        `step_done`."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                found = self._pick(accept)
+                found = self._pick_urgent(accept, urgent) or self._pick(accept)
                 if found is not None:
                     if new(found[1]):
                         self._waiting_new -= 1
@@ -87,16 +100,39 @@ class FairQueue(Generic[T]):
             entry.served_s += seconds
             if again is not None:
                 entry.items.append(again)
-                self._changed.notify_all()
             elif not entry.items and entry.running == 0:
                 del self._clients[client]
+            self._changed.notify_all()  # a client that yielded to this one may go on
+
+    def _pick_urgent(
+        self, accept: Callable[[T], bool], urgent: Callable[[T], bool]
+    ) -> tuple[str, T] | None:
+        for name, entry in self._clients.items():
+            for item in entry.items:
+                if accept(item) and urgent(item):
+                    entry.items.remove(item)
+                    entry.running += 1
+                    return name, item
+        return None
 
     def _pick(self, accept: Callable[[T], bool]) -> tuple[str, T] | None:
         order = sorted(self._clients.items(), key=lambda pair: (pair[1].served_s, pair[1].arrived))
         for name, entry in order:
+            if self._yields(name, entry):
+                continue
             for item in entry.items:
                 if accept(item):
                     entry.items.remove(item)
                     entry.running += 1
                     return name, item
         return None
+
+    def _yields(self, name: str, entry: _Client[T]) -> bool:
+        """A client that has used `YIELD_SLACK_S` more than another client with a step
+        running waits for that step: the CPU cores are what the pool shares, so a long
+        image does not run beside a neighbour's short one and slow it down."""
+        return any(
+            other.running > 0 and entry.served_s > other.served_s + YIELD_SLACK_S
+            for other_name, other in self._clients.items()
+            if other_name != name
+        )

@@ -222,8 +222,11 @@ class WorkerPool(Generic[In, Out]):
         def is_new(job: _Job[In, Out]) -> bool:
             return job.worker is None
 
+        def to_drop(job: _Job[In, Out]) -> bool:
+            return job.steps is not None and (job.abandoned or job.deadline.expired())
+
         while not self._stop.is_set():
-            taken = self._queue.take(runnable, _POLL_S, new=is_new)
+            taken = self._queue.take(runnable, _POLL_S, new=is_new, urgent=to_drop)
             if taken is None:
                 continue
             client, job = taken
