@@ -96,7 +96,7 @@ class OcrModel:
                 results.append(exc)
         return results
 
-    def begin(self, item: ImageBytes, deadline: Deadline) -> Generator[None, None, str]:
+    def begin(self, item: ImageBytes, deadline: Deadline) -> Generator[Any, None, str]:
         """The reading of one image as steps (decode, detection, then a few lines at a
         time): each `next()` runs one; the pool interleaves the steps of several images
         and drops an image past its deadline between two (`workers.py`)."""
@@ -108,7 +108,7 @@ class OcrModel:
         """The image's text in reading order; "" when it holds none."""
         return drain(self._read_steps(image, Deadline(math.inf)))
 
-    def _read_steps(self, image: Image.Image, deadline: Deadline) -> Generator[None, None, str]:
+    def _read_steps(self, image: Image.Image, deadline: Deadline) -> Generator[Any, None, str]:
         # RapidOCR takes OpenCV's BGR order.
         pixels = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
         found = yield from self._steps.read(pixels, deadline)

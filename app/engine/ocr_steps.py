@@ -6,7 +6,8 @@ held a worker for 88 s after its caller had given up. Here the same parts (its d
 its recogniser, its crops, its box sorting) are driven one step at a time, so the pool
 (`workers.py`) can stop a reading past its deadline between two steps and interleave the
 steps of other clients' images. An ONNX Runtime call already running when the deadline
-passes is ended by `RunOptions.terminate`, set by a timer at the deadline.
+passes is ended by `RunOptions.terminate`, set by a timer at the deadline; the pool sets it
+too to preempt a long step for a neighbour's short image (the step runs again later).
 
 Work per image is bounded before it starts: the page is read at most 2000 px on its longer
 side (RapidOCR's `max_side_len`; detection sees at most 960) and at most `max_boxes` text
@@ -18,9 +19,10 @@ boxes are recognised, top to bottom (`CLIP_PROXY_OCR_MAX_BOXES`).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -82,14 +84,15 @@ class OcrSteps:
         self._engine = engine
         self._max_boxes = max_boxes
 
-    def read(self, pixels: np.ndarray, deadline: Deadline) -> Generator[None, None, Found]:
+    def read(self, pixels: np.ndarray, deadline: Deadline) -> Generator[Any, None, Found]:
         """Boxes (in the read image's coordinates), texts and scores; BGR pixels in."""
         engine = self._engine
         image, _, _ = engine.preprocess(pixels)  # longer side <= 2000, shorter >= 30
         image, _ = engine.maybe_add_letterbox(image, {})
         with terminated_at(deadline) as options:
-            boxes = self._detect(image, options)
-            yield
+            yield options  # the handle the pool interrupts a step with (`Preempted`)
+            boxes = yield from _until_done(lambda: self._detect(image, options), options, deadline)
+            yield options
             boxes = boxes[: self._max_boxes]
             found: Found = []
             for start in range(0, len(boxes), LINES_PER_STEP):
@@ -97,9 +100,11 @@ class OcrSteps:
                     raise OcrDeadlinePassed
                 chunk = boxes[start : start + LINES_PER_STEP]
                 crops = engine.get_crop_img_list(image, chunk)
-                for box, (text, score) in zip(chunk, self._recognise(crops, options), strict=True):
+                recognise = functools.partial(self._recognise, crops, options)
+                texts = yield from _until_done(recognise, options, deadline)
+                for box, (text, score) in zip(chunk, texts, strict=True):
                     found.append((box, text, score))
-                yield
+                yield options
         return found
 
     def _detect(self, image: np.ndarray, options: Any) -> list[np.ndarray]:
@@ -131,6 +136,23 @@ class OcrSteps:
         return [(str(result[0]), float(result[1])) for result in decoded]
 
 
+class _Stopped(Exception):
+    """An inference ended by its run options' `terminate` flag."""
+
+
+def _until_done(work: Callable[[], T], options: Any, deadline: Deadline) -> Generator[Any, None, T]:
+    """`work()`; run again on a later step when the pool stopped it for a neighbour's step
+    (the pool sets `terminate` to preempt), `OcrDeadlinePassed` when the deadline did."""
+    while True:
+        try:
+            return work()
+        except _Stopped:
+            if deadline.expired():
+                raise OcrDeadlinePassed from None
+            options.terminate = False  # preempted: its turn comes again
+            yield options
+
+
 def _run(session: Any, data: np.ndarray, options: Any) -> Any:
     """One inference with `options` (RapidOCR's session wrapper takes none)."""
     feed = {session.get_input_names()[0]: data}
@@ -138,5 +160,5 @@ def _run(session: Any, data: np.ndarray, options: Any) -> Any:
         return session.session.run(session.get_output_names(), feed, options)
     except Exception as exc:
         if options.terminate:
-            raise OcrDeadlinePassed from exc
+            raise _Stopped from exc
         raise

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from app.engine.deadline import Deadline
-from app.engine.fair_queue import FairQueue
+from app.engine.fair_queue import YIELD_SLACK_S, FairQueue
 from app.errors import EngineNotReady, EngineTimeout, ModelFailed, Overloaded, ProxyError
 from app.observability.tenant import current_client
 
@@ -66,7 +66,10 @@ class SteppedModel(Protocol[In_contra, Out_co]):
     """A model that can also read one item as steps: each `next()` runs one, the return
     value is the result (see `OcrModel.begin`)."""
 
-    def begin(self, item: In_contra, deadline: Deadline) -> Generator[None, None, Out_co]: ...
+    def begin(self, item: In_contra, deadline: Deadline) -> Generator[Any, None, Out_co]:
+        """Each step may yield a handle whose `terminate` the pool sets to stop that
+        item's running step for a neighbour's (ONNX Runtime's `RunOptions`); None else."""
+        ...
 
 
 class WorkerEvents:
@@ -85,7 +88,10 @@ class _Job(Generic[In, Out]):
     deadline: Deadline = field(default_factory=lambda: Deadline(float("inf")))
     future: Future[Out] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
-    steps: Generator[None, None, Out] | None = None  # once begun (a stepped model)
+    client: str = ""
+    steps: Generator[Any, None, Out] | None = None  # once begun (a stepped model)
+    interrupt: Any = None  # what the model yielded to stop its running step with
+    step_started: float = 0.0
     worker: int | None = None  # the worker that began it, and the only one to step it
     started_at: float = 0.0
     abandoned: bool = False  # its caller has gone (timed out or left)
@@ -113,6 +119,7 @@ class WorkerPool(Generic[In, Out]):
         self._events = events or WorkerEvents()
         self._queue: FairQueue[_Job[In, Out]] = FairQueue(max_queue)
         self._active = 0  # jobs begun and not finished (holding a worker's time)
+        self._running: dict[int, _Job[In, Out]] = {}  # the job each stepping worker is in
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ready_count = 0
@@ -141,6 +148,17 @@ class WorkerPool(Generic[In, Out]):
             thread = threading.Thread(target=self._work, name=f"{self.kind}-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        watchdog = threading.Thread(target=self._watch, name=f"{self.kind}-preempt", daemon=True)
+        watchdog.start()
+        self._threads.append(watchdog)
+
+    def _watch(self) -> None:
+        """While clients wait, a step of one that has used clearly more is preempted (a long
+        step that began before the others had used anything is caught here)."""
+        while not self._stop.wait(_POLL_S):
+            if self._running:
+                for client in self._queue.waiting_clients():
+                    self._preempt_for(client)
 
     def stop(self) -> None:
         self._stop.set()
@@ -157,12 +175,13 @@ class WorkerPool(Generic[In, Out]):
         """The model's answer for `item`, within the pool's deadline."""
         if not self.ready:
             raise EngineNotReady(f"{self.kind} engine")
-        job: _Job[In, Out] = _Job(item, Deadline.after(self._timeout_s))
+        job: _Job[In, Out] = _Job(item, Deadline.after(self._timeout_s), client=current_client())
         try:
-            self._queue.put(current_client(), job)
+            self._queue.put(job.client, job)
         except queue.Full:
             self._events.failed("overloaded")
             raise Overloaded(f"the {self.kind} queue is full; retry shortly") from None
+        self._preempt_for(job.client)
         waiting = asyncio.wrap_future(job.future)
         try:
             return await asyncio.wait_for(waiting, self._timeout_s)
@@ -173,6 +192,20 @@ class WorkerPool(Generic[In, Out]):
             ) from None
         finally:
             job.abandoned = True  # done, timed out or gone: a worker drops it if still held
+
+    def _preempt_for(self, client: str) -> None:
+        """Stop the running step of any client that has used clearly more than `client`
+        (counting the step so far): its step runs again after the newcomer's."""
+        served = self._queue.served(client)
+        now = time.perf_counter()
+        with self._lock:
+            running = list(self._running.values())
+        for job in running:
+            if job.client == client or job.interrupt is None:
+                continue
+            used = self._queue.served(job.client) + (now - job.step_started)
+            if used > served + YIELD_SLACK_S:
+                job.interrupt.terminate = True
 
     def _work(self) -> None:
         try:
@@ -230,9 +263,15 @@ class WorkerPool(Generic[In, Out]):
             if taken is None:
                 continue
             client, job = taken
-            started = time.perf_counter()
+            started = job.step_started = time.perf_counter()
             begun = job.worker is None
-            more = self._step(model, job, me)
+            with self._lock:
+                self._running[me] = job
+            try:
+                more = self._step(model, job, me)
+            finally:
+                with self._lock:
+                    del self._running[me]
             if begun and job.worker == me:
                 mine += 1
                 with self._lock:
@@ -262,7 +301,9 @@ class WorkerPool(Generic[In, Out]):
             return False
         assert job.steps is not None
         try:
-            next(job.steps)
+            handle = next(job.steps)
+            if handle is not None:
+                job.interrupt = handle
             return True
         except StopIteration as done:
             self._events.ran(

@@ -5,7 +5,6 @@ on the next turn, and one tenant's OCR text is not another's cache hit."""
 
 from __future__ import annotations
 
-import io
 import os
 import statistics
 import threading
@@ -20,9 +19,11 @@ import pytest
 
 from app.engine.engine import OCR_NOT_READ
 from tests.helpers import (
+    DEJAVU,
     DRY_RUN,
     ProxyServer,
     data_url,
+    dense_page,
     image_message,
     metric_value,
     proxy_settings,
@@ -30,8 +31,7 @@ from tests.helpers import (
 )
 from tests.upstream_server import FakeUpstream
 
-FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-pytestmark = pytest.mark.skipif(not FONT.exists(), reason="needs the DejaVu font")
+pytestmark = pytest.mark.skipif(not DEJAVU.exists(), reason="needs the DejaVu font")
 
 # Slow machines may scale every deadline of this file up (CI under load).
 SCALE = float(os.environ.get("CLIP_PROXY_TEST_TIMEOUT_SCALE", "1"))
@@ -39,22 +39,6 @@ DEADLINE_S = 4.0 * SCALE
 KEY_A = "sk-ocr-a-" + uuid.uuid4().hex  # sends the page
 KEY_B = "sk-ocr-b-" + uuid.uuid4().hex  # a neighbour with small screenshots
 CHAT = "/v1/chat/completions"
-
-
-def dense_page(size: int = 1400, px: int = 12) -> bytes:
-    """A 1400 x 1400 page of 12 px DejaVu lines, edge to edge: about 90 long text lines."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.truetype(str(FONT), px)
-    image = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(image)
-    words = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "elit", "0123456789"]
-    for number, top in enumerate(range(4, size - px, px + 3)):
-        line = " ".join(words[(number * 7 + i) % len(words)] for i in range(40))
-        draw.text((4, top), line, fill="black", font=font)
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +49,9 @@ def proxy(test_model_dir: Path, upstream: FakeUpstream) -> Iterator[ProxyServer]
         prompt_preset="describe",
         ocr_enabled=True,
         ocr_threads=1,
-        # Two workers: a client's image holds one at most, so a neighbour's image finds the
-        # other free (with one worker it waits one step of the page: up to its detection).
-        ocr_workers=2,
+        # One worker, the default: the page and the neighbour's images share it step by step
+        # (the page's running step is preempted for a neighbour's image).
+        ocr_workers=1,
         ocr_timeout_s=DEADLINE_S,
         api_keys=f"{KEY_A},{KEY_B}",
     )
