@@ -50,5 +50,5 @@ def current_tenant() -> str:
 
 
 def current_client() -> str:
-    """"" outside a request (benchmarks, the engine's own work): one shared account."""
+    """Empty outside a request (benchmarks, the engine's own work): one shared account."""
     return _client.get()
