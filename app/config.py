@@ -174,6 +174,10 @@ class Settings(BaseSettings):
     ocr_device: Literal["cpu", "cuda"] = "cpu"
     ocr_queue_size: int = Field(64, ge=1, le=100_000)
     ocr_timeout_s: float = Field(30.0, gt=0)
+    # Text boxes recognised per image (top to bottom): the work per image, bounded up front.
+    ocr_max_boxes: int = Field(200, ge=1, le=10_000)
+    # An image whose OCR passed its deadline is not read again for this long (0: always).
+    ocr_failure_ttl_s: float = Field(600.0, ge=0)
     # Captions: a transformers image-to-text checkpoint (hub id or directory); empty = off.
     caption_model: str = ""
     caption_device: str = "auto"
@@ -220,6 +224,9 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     cache_timeout_ms: float = Field(100.0, gt=0, le=10_000)
     cache_key_prefix: str = "clip-proxy:"
+    # Whose cache: key (each client key its own), shared (all clients), auto (key when
+    # client keys are set, else shared).
+    cache_scope: Literal["auto", "key", "shared"] = "auto"
 
     # ---- Stored responses (/v1/responses `store`), in the cache's Redis when CACHE_URL is set ----
     # false: `store: true` and `previous_response_id` are refused (400); nothing is kept.

@@ -340,8 +340,16 @@ class Metrics:
         )
         self.words_errors = Counter(
             "clip_proxy_words_errors",
-            "Images OCR or captioning failed on, by reason (failed, timeout, overloaded)",
+            "Images OCR or captioning failed on, by reason (failed, timeout, overloaded; "
+            "stopped: a worker dropped it at its deadline; remembered: not read again after "
+            "a recent timeout)",
             ["kind", "reason"],
+            registry=r,
+        )
+        self.words_jobs_active = Gauge(
+            "clip_proxy_words_jobs_active",
+            "Images an OCR or caption worker has begun and not finished (0: every worker free)",
+            ["kind"],
             registry=r,
         )
         self.words_cache_hits = Counter(

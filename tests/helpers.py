@@ -215,3 +215,23 @@ def exported_names(text: str) -> set[str]:
             _, _, name, kind = line.split(" ", 3)
             names.update(name + suffix for suffix in suffixes.get(kind.strip(), ("",)))
     return names
+
+
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+
+
+def dense_page(size: int = 1400, px: int = 12) -> bytes:
+    """A 1400 x 1400 PNG page of 12 px DejaVu lines edge to edge (about 90 long lines): an
+    image that took RapidOCR over a minute to read whole (tests/proxy/test_ocr_bounded.py)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(str(DEJAVU), px)
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    words = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "elit", "0123456789"]
+    for number, top in enumerate(range(4, size - px, px + 3)):
+        line = " ".join(words[(number * 7 + i) % len(words)] for i in range(40))
+        draw.text((4, top), line, fill="black", font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.errors import error_response
 from app.errors import Unauthorized
+from app.observability.tenant import bound_client, key_identity
 
 PROTECTED_PREFIX = "/v1/"
 # The schema tells a stranger every route and field: it is for key holders too.
@@ -70,11 +71,21 @@ class ClientAuthMiddleware:
         return matched and token is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or not self._protects(scope["path"]):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self._accepts(bearer_token(scope)):
-            await self.app(scope, receive, send)
+        # Who is asking, for the caches' scope and the OCR pool's fair share (tenant.py):
+        # the key's identity once the key is accepted, else the remote address.
+        client = scope.get("client")
+        address = str(client[0]) if client else ""
+        if not self.keys or not self._protects(scope["path"]):
+            with bound_client(tenant="", address=address):
+                await self.app(scope, receive, send)
+            return
+        token = bearer_token(scope)
+        if self._accepts(token):
+            with bound_client(tenant=key_identity(token or ""), address=address):
+                await self.app(scope, receive, send)
             return
         error = Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
         await error_response(error)(scope, receive, send)

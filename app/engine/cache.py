@@ -40,6 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from app.engine.cache_scope import SHARED, CacheScope
 from app.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,8 @@ class ContentCache(Generic[T]):
         self._namespace: str | None = None
         self._flights: dict[str, _Flight[T]] = {}
         self._writes: set[asyncio.Task[None]] = set()
+        # Whose entries a lookup reads: the tenant's own or everyone's (cache_scope.py).
+        self.scope: CacheScope = SHARED
 
     def _encode(self, value: T) -> bytes:
         raise NotImplementedError
@@ -245,7 +248,7 @@ class ContentCache(Generic[T]):
     def key(self, sha256: str) -> str:
         if self._namespace is None:
             raise RuntimeError("the cache is used before the encoder named its namespace")
-        return f"{self._prefix}{self._namespace}:{sha256}"
+        return f"{self._prefix}{self._namespace}:{self.scope.part()}{sha256}"
 
     async def get_or_compute(self, sha256: str, compute: Compute[T]) -> T:
         """The cached value, or `compute()`'s, computed once however many callers wait."""

@@ -43,7 +43,9 @@ from app.engine.cache import (
     build_backends,
     namespace_of,
 )
+from app.engine.cache_scope import CacheScope
 from app.engine.caption import Captioner
+from app.engine.failure_memory import FailureMemory
 from app.engine.image_pipeline import ImageBytes, ImagePipeline, own_param
 from app.engine.labels import Labeler, ensemble, label_prompts, read_vocabulary
 from app.engine.ocr import OcrModel, ocr_identity
@@ -53,7 +55,7 @@ from app.engine.source import ModelUnavailable, check_model_source, describe_loa
 from app.engine.text import ClipTextEncoder, load_logit_scale, model_identity
 from app.engine.text_pipeline import TextPipeline, Vectors
 from app.engine.workers import WorkerEvents, WorkerPool
-from app.errors import ProxyError
+from app.errors import EngineTimeout, ProxyError
 from app.ingest.fetch import SafeFetcher
 from app.ingest.sources import ImageLimits, ImageSource
 from app.metrics import MemoryReading, Metrics
@@ -109,6 +111,14 @@ class Engine:
             cache.backend_list, metrics, kind="document", prefix=settings.cache_key_prefix
         )
         self.document_pages.bind(namespace_of(document_identity(settings), 1, "document"))
+        # Each tenant its own entries when client keys are set (cache_scope.py).
+        self._scope = CacheScope.from_setting(
+            settings.cache_scope, keys_set=bool(settings.client_keys)
+        )
+        for scoped in (cache, self._ocr_cache, self._caption_cache, self.document_pages):
+            scoped.scope = self._scope
+        # Images whose OCR passed its deadline: not read again for a while.
+        self._ocr_failures = FailureMemory(settings.ocr_failure_ttl_s)
         metrics.encoder_queue_depth.set_function(lambda: images.queue_depth)
         metrics.encoder_workers_ready.set_function(lambda: images.workers_ready)
         for pool in (ocr, captions):
@@ -144,6 +154,7 @@ class Engine:
                     threads=settings.ocr_threads,
                     decode=images.decode,
                     use_cuda=settings.ocr_device == "cuda",
+                    max_boxes=settings.ocr_max_boxes,
                 ),
                 workers=settings.ocr_workers,
                 max_queue=settings.ocr_queue_size,
@@ -203,6 +214,7 @@ class Engine:
             prefix=self._settings.cache_key_prefix,
         )
         cache.bind(namespace_of(identity, 1, kind))
+        cache.scope = self._scope  # a description is the tenant's own, like the image's words
         return cache
 
     async def start(self) -> str | None:
@@ -334,7 +346,7 @@ class Engine:
             return ImageDescription(embedding=embedding, labels=self._labels(embedding))
         async with asyncio.TaskGroup() as group:
             vector = group.create_task(self._images.embed_bytes(image))
-            ocr = group.create_task(self._words(self._ocr, self._ocr_cache, image))
+            ocr = group.create_task(self._read_text(image))
             caption = group.create_task(self._words(self._captions, self._caption_cache, image))
         embedding = vector.result()
         settings = self._settings
@@ -358,6 +370,21 @@ class Engine:
             return None
         sha256 = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
         return await self._words(self._ocr, self._ocr_cache, ImageBytes(data, sha256, param))
+
+    async def _read_text(self, image: ImageBytes) -> str:
+        """The image's OCR text; for an image whose reading passed its deadline within
+        OCR_FAILURE_TTL_S, `OCR_NOT_READ` at once instead of reading it again."""
+        if self._ocr is None:
+            return ""
+        key = self._ocr_cache.key(image.sha256)  # the tenant's own, like the cache entry
+        if self._ocr_failures.recalls(key):
+            self._metrics.words_errors.labels(kind="ocr", reason="remembered").inc()
+            return OCR_NOT_READ
+        try:
+            return await self._words(self._ocr, self._ocr_cache, image)
+        except EngineTimeout:
+            self._ocr_failures.remember(key)
+            raise
 
     def _labels(self, embedding: ImageEmbedding) -> str:
         if self._labeler is None or self._settings.labels_top_k == 0:
@@ -411,6 +438,10 @@ class Engine:
         return True
 
 
+# The text shown for an image OCR gave up on recently (the prompt says it was not read).
+OCR_NOT_READ = "[not read: OCR gave up on this image's text; it is not retried for a while]"
+
+
 def build_labeler(settings: Settings, text: ClipTextEncoder) -> Labeler:
     """Every label's text vector, computed once at start."""
     path = Path(settings.labels_vocabulary) if settings.labels_vocabulary else None
@@ -449,6 +480,7 @@ def caption_device(setting: str) -> str:
 
 def _watch(metrics: Metrics, pool: WorkerPool[ImageBytes, str]) -> None:
     metrics.words_queue_depth.labels(kind=pool.kind).set_function(lambda: pool.queue_depth)
+    metrics.words_jobs_active.labels(kind=pool.kind).set_function(lambda: pool.active_jobs)
     metrics.words_workers_ready.labels(kind=pool.kind).set_function(lambda: pool.workers_ready)
 
 

@@ -18,8 +18,9 @@ model often writes (full-width commas and brackets) into ASCII.
 from __future__ import annotations
 
 import logging
+import math
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -27,7 +28,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from app.engine.deadline import Deadline
 from app.engine.image_pipeline import ImageBytes
+from app.engine.ocr_steps import OcrSteps, drain
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +57,15 @@ def ocr_identity() -> str:
 class OcrModel:
     """One RapidOCR instance (three ONNX sessions). Not thread-safe: one per worker."""
 
-    def __init__(self, engine: Any, decode: Decode) -> None:
+    def __init__(self, engine: Any, decode: Decode, max_boxes: int = 200) -> None:
         self._engine = engine
         self._decode = decode
+        self._steps = OcrSteps(engine, max_boxes=max_boxes)
 
     @classmethod
-    def load(cls, *, threads: int, decode: Decode, use_cuda: bool = False) -> OcrModel:
+    def load(
+        cls, *, threads: int, decode: Decode, use_cuda: bool = False, max_boxes: int = 200
+    ) -> OcrModel:
         from rapidocr_onnxruntime import RapidOCR
 
         engine = RapidOCR(
@@ -75,7 +81,7 @@ class OcrModel:
             cls_use_cuda=use_cuda,
             rec_use_cuda=use_cuda,
         )
-        return cls(engine, decode)
+        return cls(engine, decode, max_boxes)
 
     def warm_up(self) -> None:
         blank = np.full((32, 96, 3), 255, dtype=np.uint8)
@@ -85,20 +91,31 @@ class OcrModel:
         results: list[str | BaseException] = []
         for item in items:
             try:
-                results.append(self.read(self._decode(item.data, item.param)))
+                results.append(drain(self.begin(item, Deadline(math.inf))))
             except Exception as exc:  # one bad image fails only its own item
                 results.append(exc)
         return results
 
+    def begin(self, item: ImageBytes, deadline: Deadline) -> Generator[Any, None, str]:
+        """The reading of one image as steps (decode, detection, then a few lines at a
+        time): each `next()` runs one; the pool interleaves the steps of several images
+        and drops an image past its deadline between two (`workers.py`)."""
+        image = self._decode(item.data, item.param)
+        yield
+        return (yield from self._read_steps(image, deadline))
+
     def read(self, image: Image.Image) -> str:
         """The image's text in reading order; "" when it holds none."""
+        return drain(self._read_steps(image, Deadline(math.inf)))
+
+    def _read_steps(self, image: Image.Image, deadline: Deadline) -> Generator[Any, None, str]:
         # RapidOCR takes OpenCV's BGR order.
         pixels = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
-        found, _ = self._engine(pixels)
+        found = yield from self._steps.read(pixels, deadline)
         pieces = [
-            (np.asarray(box, dtype=np.float64), str(text))
-            for box, text, score in (found or [])
-            if float(score) >= MIN_SCORE and str(text).strip()
+            (np.asarray(box, dtype=np.float64), text)
+            for box, text, score in found
+            if score >= MIN_SCORE and text.strip()
         ]
         return unicodedata.normalize("NFKC", reading_order(pieces))
 

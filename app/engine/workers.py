@@ -15,6 +15,12 @@ A worker takes the first waiting item and whatever else is already queued, up to
 `max_batch` (no waiting for more: OCR runs items one by one, a captioner batches them on
 the GPU), skips items whose caller has gone, and hands the batch to `model.run`, which
 answers one result or one exception per item.
+
+The queue is shared fairly between clients (`fair_queue.py`: the least-served client goes
+next). A model that can cut its work into steps (`SteppedModel`: OCR, `ocr_steps.py`) is
+run one step at a time: after each step the image waits its client's turn again, so a
+long image interleaves with other clients' images, and one past its deadline is dropped
+before its next step (and its running inference ended), which frees the worker.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+from app.engine.deadline import Deadline
+from app.engine.fair_queue import YIELD_SLACK_S, FairQueue
 from app.errors import EngineNotReady, EngineTimeout, ModelFailed, Overloaded, ProxyError
+from app.observability.tenant import current_client
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +48,8 @@ In_contra = TypeVar("In_contra", contravariant=True)
 Out_co = TypeVar("Out_co", covariant=True)
 
 _POLL_S = 0.05
+# Images a worker has begun and interleaves at once (each holds its decoded pixels).
+_ACTIVE_PER_WORKER = 4
 
 
 class BatchModel(Protocol[In_contra, Out_co]):
@@ -49,6 +60,16 @@ class BatchModel(Protocol[In_contra, Out_co]):
         ...
 
     def warm_up(self) -> None: ...
+
+
+class SteppedModel(Protocol[In_contra, Out_co]):
+    """A model that can also read one item as steps: each `next()` runs one, the return
+    value is the result (see `OcrModel.begin`)."""
+
+    def begin(self, item: In_contra, deadline: Deadline) -> Generator[Any, None, Out_co]:
+        """Each step may yield a handle whose `terminate` the pool sets to stop that
+        item's running step for a neighbour's (ONNX Runtime's `RunOptions`); None else."""
+        ...
 
 
 class WorkerEvents:
@@ -64,8 +85,16 @@ class WorkerEvents:
 @dataclass(eq=False)
 class _Job(Generic[In, Out]):
     item: In
+    deadline: Deadline = field(default_factory=lambda: Deadline(float("inf")))
     future: Future[Out] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
+    client: str = ""
+    steps: Generator[Any, None, Out] | None = None  # once begun (a stepped model)
+    interrupt: Any = None  # what the model yielded to stop its running step with
+    step_started: float = 0.0
+    worker: int | None = None  # the worker that began it, and the only one to step it
+    started_at: float = 0.0
+    abandoned: bool = False  # its caller has gone (timed out or left)
 
 
 class WorkerPool(Generic[In, Out]):
@@ -88,7 +117,9 @@ class WorkerPool(Generic[In, Out]):
         self._max_batch = max_batch
         self._timeout_s = timeout_s
         self._events = events or WorkerEvents()
-        self._queue: queue.Queue[_Job[In, Out]] = queue.Queue(maxsize=max_queue)
+        self._queue: FairQueue[_Job[In, Out]] = FairQueue(max_queue)
+        self._active = 0  # jobs begun and not finished (holding a worker's time)
+        self._running: dict[int, _Job[In, Out]] = {}  # the job each stepping worker is in
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ready_count = 0
@@ -107,11 +138,27 @@ class WorkerPool(Generic[In, Out]):
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def active_jobs(self) -> int:
+        """Images begun and not finished: 0 once every worker is free."""
+        return self._active
+
     def start(self) -> None:
         for index in range(self._workers):
             thread = threading.Thread(target=self._work, name=f"{self.kind}-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        watchdog = threading.Thread(target=self._watch, name=f"{self.kind}-preempt", daemon=True)
+        watchdog.start()
+        self._threads.append(watchdog)
+
+    def _watch(self) -> None:
+        """While clients wait, a step of one that has used clearly more is preempted (a long
+        step that began before the others had used anything is caught here)."""
+        while not self._stop.wait(_POLL_S):
+            if self._running:
+                for client in self._queue.waiting_clients():
+                    self._preempt_for(client)
 
     def stop(self) -> None:
         self._stop.set()
@@ -128,12 +175,13 @@ class WorkerPool(Generic[In, Out]):
         """The model's answer for `item`, within the pool's deadline."""
         if not self.ready:
             raise EngineNotReady(f"{self.kind} engine")
-        job: _Job[In, Out] = _Job(item)
+        job: _Job[In, Out] = _Job(item, Deadline.after(self._timeout_s), client=current_client())
         try:
-            self._queue.put_nowait(job)
+            self._queue.put(job.client, job)
         except queue.Full:
             self._events.failed("overloaded")
             raise Overloaded(f"the {self.kind} queue is full; retry shortly") from None
+        self._preempt_for(job.client)
         waiting = asyncio.wrap_future(job.future)
         try:
             return await asyncio.wait_for(waiting, self._timeout_s)
@@ -142,6 +190,22 @@ class WorkerPool(Generic[In, Out]):
             raise EngineTimeout(
                 f"{self.kind} took longer than {self._timeout_s:g} s on an image"
             ) from None
+        finally:
+            job.abandoned = True  # done, timed out or gone: a worker drops it if still held
+
+    def _preempt_for(self, client: str) -> None:
+        """Stop the running step of any client that has used clearly more than `client`
+        (counting the step so far): its step runs again after the newcomer's."""
+        served = self._queue.served(client)
+        now = time.perf_counter()
+        with self._lock:
+            running = list(self._running.values())
+        for job in running:
+            if job.client == client or job.interrupt is None:
+                continue
+            used = self._queue.served(job.client) + (now - job.step_started)
+            if used > served + YIELD_SLACK_S:
+                job.interrupt.terminate = True
 
     def _work(self) -> None:
         try:
@@ -153,21 +217,105 @@ class WorkerPool(Generic[In, Out]):
             return
         with self._lock:
             self._ready_count += 1
+        if callable(getattr(model, "begin", None)):
+            self._work_in_steps(model)
+        else:
+            self._work_in_batches(model)
+
+    def _work_in_batches(self, model: BatchModel[In, Out]) -> None:
+        def is_new(job: _Job[In, Out]) -> bool:
+            return True
+
         while not self._stop.is_set():
-            try:
-                first = self._queue.get(timeout=_POLL_S)
-            except queue.Empty:
+            taken = self._queue.take(lambda job: True, _POLL_S, new=is_new)
+            if taken is None:
                 continue
-            batch = [first]
+            batch = [taken]
             while len(batch) < self._max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
+                more = self._queue.take(lambda job: True, 0, new=is_new)
+                if more is None:
                     break
+                batch.append(more)
+            started = time.perf_counter()
             # A caller that timed out or left cancelled its future: skip its image.
-            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            live = [job for _, job in batch if job.future.set_running_or_notify_cancel()]
             if live:
                 self._run(model, live)
+            share = (time.perf_counter() - started) / len(batch)
+            for client, _ in batch:
+                self._queue.step_done(client, share)
+
+    def _work_in_steps(self, model: Any) -> None:
+        me = threading.get_ident()
+        mine = 0  # jobs this worker has begun and not finished
+
+        def runnable(job: _Job[In, Out]) -> bool:
+            return job.worker == me or (job.worker is None and mine < _ACTIVE_PER_WORKER)
+
+        def is_new(job: _Job[In, Out]) -> bool:
+            return job.worker is None
+
+        def to_drop(job: _Job[In, Out]) -> bool:
+            return job.steps is not None and (job.abandoned or job.deadline.expired())
+
+        while not self._stop.is_set():
+            taken = self._queue.take(runnable, _POLL_S, new=is_new, urgent=to_drop)
+            if taken is None:
+                continue
+            client, job = taken
+            started = job.step_started = time.perf_counter()
+            begun = job.worker is None
+            with self._lock:
+                self._running[me] = job
+            try:
+                more = self._step(model, job, me)
+            finally:
+                with self._lock:
+                    del self._running[me]
+            if begun and job.worker == me:
+                mine += 1
+                with self._lock:
+                    self._active += 1
+            if not more and job.worker == me:
+                mine -= 1
+                with self._lock:
+                    self._active -= 1
+            self._queue.step_done(client, time.perf_counter() - started, job if more else None)
+
+    def _step(self, model: Any, job: _Job[In, Out], me: int) -> bool:
+        """One step of `job`; True when it has more."""
+        if job.steps is None:
+            if not job.future.set_running_or_notify_cancel():
+                return False  # its caller gave up while it waited
+            if job.abandoned or job.deadline.expired():
+                job.future.set_exception(EngineTimeout(f"{self.kind} deadline passed"))
+                return False
+            job.started_at = time.perf_counter()
+            job.worker = me
+            job.steps = model.begin(job.item, job.deadline)
+        elif job.abandoned or job.deadline.expired():
+            job.steps.close()  # ends its inference timer; the pixels are let go
+            self._events.failed("stopped")
+            if not job.future.done():
+                job.future.set_exception(EngineTimeout(f"{self.kind} deadline passed"))
+            return False
+        assert job.steps is not None
+        try:
+            handle = next(job.steps)
+            if handle is not None:
+                job.interrupt = handle
+            return True
+        except StopIteration as done:
+            self._events.ran(
+                1, time.perf_counter() - job.started_at, [job.started_at - job.queued_at]
+            )
+            job.future.set_result(done.value)
+        except EngineTimeout as exc:  # stopped mid-inference at the deadline (ocr_steps.py)
+            self._events.failed("stopped")
+            job.future.set_exception(exc)
+        except Exception as exc:
+            self._settle(job, exc)
+        return False
 
     def _run(self, model: BatchModel[In, Out], jobs: list[_Job[In, Out]]) -> None:
         started = time.perf_counter()
@@ -180,16 +328,19 @@ class WorkerPool(Generic[In, Out]):
             results = [exc] * len(jobs)
         self._events.ran(len(jobs), time.perf_counter() - started, waits)
         for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, ProxyError):
-                self._events.failed("invalid" if result.status_code < 500 else "failed")
-                job.future.set_exception(result)
-            elif isinstance(result, BaseException):
-                self._events.failed("failed")
-                logger.error(
-                    "%s failed on one image", self.kind, exc_info=(type(result), result, None)
-                )
-                error = ModelFailed(f"{self.kind} failed on this image", code=f"{self.kind}_failed")
-                error.__cause__ = result
-                job.future.set_exception(error)
+            if isinstance(result, BaseException):
+                self._settle(job, result)
             else:
                 job.future.set_result(result)
+
+    def _settle(self, job: _Job[In, Out], result: BaseException) -> None:
+        """A job's failure: the client's own fault as it is, the model's as `ModelFailed`."""
+        if isinstance(result, ProxyError):
+            self._events.failed("invalid" if result.status_code < 500 else "failed")
+            job.future.set_exception(result)
+        else:
+            self._events.failed("failed")
+            logger.error("%s failed on one image", self.kind, exc_info=(type(result), result, None))
+            error = ModelFailed(f"{self.kind} failed on this image", code=f"{self.kind}_failed")
+            error.__cause__ = result
+            job.future.set_exception(error)
