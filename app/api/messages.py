@@ -73,6 +73,41 @@ _BODY: dict[str, Any] = {
 }
 
 
+_ERROR: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "enum": ["error"]},
+        "error": {
+            "type": "object",
+            "properties": {"type": _STRING, "message": _STRING},
+            "required": ["type", "message"],
+        },
+    },
+    "required": ["type", "error"],
+}
+_STATUSES = {
+    400: "invalid_request_error: an invalid request or image",
+    401: "authentication_error: a missing or wrong key (x-api-key or Bearer)",
+    404: "not_found_error",
+    408: "invalid_request_error: the body did not arrive in time",
+    413: "request_too_large: the body or an image over its byte limit",
+    429: "rate_limit_error (Retry-After)",
+    500: "api_error: the proxy or one of its models failed",
+    502: "api_error: the upstream is unreachable or answered garbage",
+    504: "api_error: the upstream or a model timed out",
+    529: "overloaded_error: the proxy or the upstream is overloaded (Retry-After)",
+}
+
+
+def _responses(answer: str) -> dict[int | str, dict[str, Any]]:
+    """The answers documented in Anthropic's shapes."""
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"description": meaning, "content": {"application/json": {"schema": _ERROR}}}
+        for status, meaning in _STATUSES.items()
+    }
+    return {200: {"description": answer}, **errors}
+
+
 def _schema(required: list[str]) -> dict[str, Any]:
     schema = {**_BODY, "required": required}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
