@@ -422,3 +422,33 @@ def test_upstream_429_and_503_in_anthropics_shape(
     assert overloaded.value.status_code == 529
     body = overloaded.value.body
     assert body["error"]["type"] == "overloaded_error"
+
+
+def test_load_shedding_is_anthropics_529(
+    start_proxy: Callable[..., ProxyServer], upstream: FakeUpstream
+) -> None:
+    proxy = start_proxy(max_in_flight=1)
+    upstream.script(Reply(first_chunk_delay_s=1.5))
+    body = {"max_tokens": 9, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    with httpx.stream("POST", proxy.url + MESSAGES, json=body, timeout=30) as held:
+        assert held.status_code == 200  # in flight until its first chunk
+        shed = httpx.post(proxy.url + MESSAGES, json=body, timeout=30)
+        held.read()
+    anthropic_error(shed, 529, "overloaded_error")
+    assert shed.headers["retry-after"] == "1"
+
+
+def test_metrics_carry_the_anthropic_dialect(proxy: ProxyServer) -> None:
+    from tests.helpers import metric_value
+
+    name = "clip_proxy_stream_duration_seconds_count"
+    before = metric_value(proxy.url, name, outcome="complete", dialect="anthropic")
+    with client_of(proxy).messages.stream(
+        model="deepseek-r1", max_tokens=9, messages=[{"role": "user", "content": "Hi"}]
+    ) as stream:
+        stream.get_final_message()
+    assert metric_value(proxy.url, name, outcome="complete", dialect="anthropic") == before + 1
+    requests = metric_value(
+        proxy.url, "clip_proxy_requests_total", route="/v1/messages", dialect="anthropic"
+    )
+    assert requests >= 1
