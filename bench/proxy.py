@@ -381,7 +381,8 @@ def compare_dialects(
                 ("chat", bodies["text"], "/v1/chat/completions"),
                 ("responses", bodies[other], route),
             ):
-                print(f"dialect {dialect:9} c={concurrency:<4} ...", end=" ", flush=True)
+                label = other if dialect != "chat" else dialect
+                print(f"dialect {label:9} c={concurrency:<4} ...", end=" ", flush=True)
                 cell = run_cell(port, body, concurrency, duration, pid, path)
                 runs[dialect].append(cell)
                 print(
