@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
@@ -36,8 +36,23 @@ WEATHER_TOOL: Any = {
 }
 
 
-def client_of(proxy: ProxyServer, key: str = "sk-client") -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=proxy.url, api_key=key, max_retries=0, timeout=30)
+_CLIENTS: list[anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Every SDK client a test made is closed after it: no socket is left to the GC."""
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
+def client_of(proxy: ProxyServer, key: str = "sk-client", **options: Any) -> anthropic.Anthropic:
+    if "auth_token" not in options:
+        options["api_key"] = key
+    client = anthropic.Anthropic(base_url=proxy.url, max_retries=0, timeout=30, **options)
+    _CLIENTS.append(client)
+    return client
 
 
 def image_block(name: str = "chelsea.png") -> Any:
@@ -370,7 +385,7 @@ def test_auth_by_x_api_key_or_bearer_and_errors_in_anthropics_shape(
     with pytest.raises(anthropic.AuthenticationError):
         client_of(proxy, key="wrong").messages.create(**hello)
     assert client_of(proxy, key="right").messages.create(**hello).content
-    bearer = anthropic.Anthropic(base_url=proxy.url, auth_token="right", max_retries=0)
+    bearer = client_of(proxy, auth_token="right")
     assert bearer.messages.create(**hello).content
     # The body limit answers in Anthropic's shape too.
     big = {**hello, "messages": [{"role": "user", "content": "x" * 60_000}]}
