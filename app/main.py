@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import chat, embeddings, health, models, responses
+from app.api import chat, embeddings, health, messages, models, responses
 from app.api.admission import Admission, AdmissionMiddleware
 from app.api.auth import ClientAuthMiddleware, key_digests
 from app.api.body_limit import BodyBudget, BodyLimitMiddleware
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(chat.router)
     app.include_router(responses.router)
+    app.include_router(messages.router)
     app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(health.router)

@@ -27,6 +27,12 @@ and their ratio (target <= 2.5x), and the added time to the first content event 
 
     python -m bench.proxy --skip-litellm --kinds text --concurrency 1 50 --responses
 
+`--messages` does the same for Anthropic's Messages dialect (/v1/messages, translated into
+Anthropic's events; same targets), in bench/results/messages.{json,md}:
+
+    python -m bench.proxy --skip-litellm --kinds text --concurrency 1 50 --messages \
+        --out-dir bench/results/messages
+
 `--baseline DIR` adds a fourth path, `clip-proxy-baseline`: the same proxy run from another
 checkout (say a git worktree at the previous release), in the same run, so a change's cost
 is measured side by side (`--kinds text` keeps the run short):
@@ -60,6 +66,11 @@ WORK = BENCH / ".work"
 LITELLM_VENV = BENCH / ".venv-litellm"
 IMAGE = ROOT / "tests" / "data" / "rocket.jpg"
 PATHS = ("direct", "clip-proxy", "litellm")
+# The dialects beside Chat Completions: route, body, and the events that carry content.
+DIALECTS = {
+    "responses": ("/v1/responses", "event: response.output_text.delta"),
+    "messages": ("/v1/messages", "event: content_block_delta"),
+}
 # LiteLLM refuses to start without a strong master key; every path gets the same header.
 API_KEY = "sk-bench-" + "5f0c" * 16
 
@@ -244,7 +255,7 @@ def run_cell(
         str(port),
         "--path",
         path,
-        *(["--count-events", "event: response.output_text.delta"] if "responses" in path else []),
+        *next((["--count-events", ev] for route, ev in DIALECTS.values() if route == path), []),
         "--body-file",
         str(body_file),
         "--concurrency",
@@ -333,6 +344,12 @@ def write_bodies() -> dict[str, Path]:
             "stream": True,
             "store": False,
         },
+        "messages": {
+            "model": "deepseek-r1",
+            "max_tokens": 4096,
+            "messages": text,
+            "stream": True,
+        },
     }
     files = {}
     for name, body in bodies.items():
@@ -348,10 +365,13 @@ def compare_dialects(
     levels: list[int],
     duration_s: float,
     rounds: int,
+    other: str = "responses",
 ) -> dict[str, Any]:
-    """Chat Completions and Responses cells on one proxy, alternated `rounds` times per
-    concurrency so both see the same machine; CPU per chunk and TTFC p50 averaged."""
-    post_to(port, "/v1/responses", bodies["responses"].read_bytes())  # warm the route
+    """Chat Completions and `other` dialect's cells on one proxy, alternated `rounds` times
+    per concurrency so both see the same machine; CPU per chunk and TTFC p50 averaged. The
+    other dialect's figures are under the key "responses" for either dialect (one report)."""
+    route = DIALECTS[other][0]
+    post_to(port, route, bodies[other].read_bytes())  # warm the route
     compared: dict[str, Any] = {}
     for concurrency in levels:
         runs: dict[str, list[dict[str, Any]]] = {"chat": [], "responses": []}
@@ -359,9 +379,10 @@ def compare_dialects(
         for _ in range(rounds):
             for dialect, body, path in (
                 ("chat", bodies["text"], "/v1/chat/completions"),
-                ("responses", bodies["responses"], "/v1/responses"),
+                ("responses", bodies[other], route),
             ):
-                print(f"dialect {dialect:9} c={concurrency:<4} ...", end=" ", flush=True)
+                label = other if dialect != "chat" else dialect
+                print(f"dialect {label:9} c={concurrency:<4} ...", end=" ", flush=True)
                 cell = run_cell(port, body, concurrency, duration, pid, path)
                 runs[dialect].append(cell)
                 print(
@@ -399,24 +420,29 @@ def _mean_cells(cells: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def write_dialects_markdown(results: dict[str, Any], path: Path) -> None:
+def write_dialects_markdown(results: dict[str, Any], path: Path, other: str = "responses") -> None:
     def fmt(value: float | None, digits: int = 2) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
 
+    title = {"responses": "The Responses dialect", "messages": "Anthropic's Messages dialect"}
+    first = {
+        "responses": "`response.created` and `response.in_progress`",
+        "messages": "`message_start` and `content_block_start`",
+    }
     lines = [
-        "# The Responses dialect beside Chat Completions (one proxy, one run)",
+        f"# {title[other]} beside Chat Completions (one proxy, one run)",
         "",
         f"Command: `{results['command']}` at commit {results['commit']}; "
         f"{results['machine']['cpus']} CPU cores shared with other work (load at start "
         f"{results['machine']['load_avg_at_start'][0]:.2f}); upstream "
         f"{results['upstream']['chunks']} content chunks {results['upstream']['delay_ms']} ms "
-        "apart. Cells alternate chat, responses, chat, responses; figures are their means. "
-        "TTFC is the time to the first content event (the Responses stream sends "
-        "`response.created` and `response.in_progress` before it).",
+        f"apart. Cells alternate chat, {other}, chat, {other}; figures are their means. "
+        f"TTFC is the time to the first content event (the {other} stream sends "
+        f"{first[other]} before it).",
         "",
-        "| concurrency | chat CPU us/chunk | responses CPU us/chunk | ratio (target <= 2.5) | "
-        "chat TTFC p50 ms | responses TTFC p50 ms | added ms (target <= 1 at c=1) | "
-        "gap p99 ms chat / responses | errors |",
+        f"| concurrency | chat CPU us/chunk | {other} CPU us/chunk | ratio (target <= 2.5) | "
+        f"chat TTFC p50 ms | {other} TTFC p50 ms | added ms (target <= 1 at c=1) | "
+        f"gap p99 ms chat / {other} | errors |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, cell in results["cells"].items():
@@ -460,6 +486,9 @@ def main() -> None:
         "--responses", action="store_true", help="the Responses dialect beside chat"
     )
     parser.add_argument("--responses-rounds", type=int, default=2)
+    parser.add_argument(
+        "--messages", action="store_true", help="Anthropic's Messages dialect beside chat"
+    )
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -541,15 +570,17 @@ def main() -> None:
                     )
                 for path in paths:
                     cells[key][path]["vs_direct"] = relative(cells[key][path], cells[key]["direct"])
-        if args.responses:
-            dialects = compare_dialects(
-                ports["clip-proxy"],
-                pids["clip-proxy"],
-                bodies,
-                args.concurrency,
-                args.duration_s,
-                args.responses_rounds,
-            )
+        for other in ("responses", "messages"):
+            if getattr(args, other):
+                dialects[other] = compare_dialects(
+                    ports["clip-proxy"],
+                    pids["clip-proxy"],
+                    bodies,
+                    args.concurrency,
+                    args.duration_s,
+                    args.responses_rounds,
+                    other,
+                )
         cache["hits_after"] = metric_total(ports["clip-proxy"], hits_name)
         cache["misses_after"] = metric_total(ports["clip-proxy"], misses_name)
     finally:
@@ -582,18 +613,18 @@ def main() -> None:
         "notes": notes,
         "cells": cells,
     }
-    if args.responses:
+    for other, compared in dialects.items():
         dialect_results = {
             "command": results["command"],
             "commit": results["commit"],
             "machine": results["machine"],
             "upstream": results["upstream"],
-            "cells": dialects,
+            "cells": compared,
         }
-        (args.out_dir / "responses.json").write_bytes(
+        (args.out_dir / f"{other}.json").write_bytes(
             orjson.dumps(dialect_results, option=orjson.OPT_INDENT_2)
         )
-        write_dialects_markdown(dialect_results, args.out_dir / "responses.md")
+        write_dialects_markdown(dialect_results, args.out_dir / f"{other}.md", other)
     (args.out_dir / "proxy.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     write_markdown(results, args.out_dir / "proxy.md")
     write_plot(results, args.out_dir / "proxy.png")

@@ -1,4 +1,5 @@
-"""Client auth: `Authorization: Bearer <key>` on every `/v1/*` call when keys are configured.
+"""Client auth: `Authorization: Bearer <key>` (or Anthropic's `x-api-key: <key>`) on every
+`/v1/*` call when keys are configured.
 
 Pure ASGI, so streaming and disconnect detection pass through untouched. Keys are compared
 as SHA-256 digests with `hmac.compare_digest`, against every configured key without an
@@ -35,6 +36,20 @@ def key_digests(keys: Iterable[str]) -> list[bytes]:
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def client_key(scope: Scope) -> str | None:
+    """The client's key: `Authorization: Bearer <key>`, or Anthropic's `x-api-key: <key>`."""
+    token = bearer_token(scope)
+    if token is not None:
+        return token
+    name: bytes
+    value: bytes
+    for name, value in scope["headers"]:
+        if name == b"x-api-key":
+            key = value.decode("latin-1").strip()
+            return key or None
+    return None
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -82,10 +97,12 @@ class ClientAuthMiddleware:
             with bound_client(tenant="", address=address):
                 await self.app(scope, receive, send)
             return
-        token = bearer_token(scope)
+        token = client_key(scope)
         if self._accepts(token):
             with bound_client(tenant=key_identity(token or ""), address=address):
                 await self.app(scope, receive, send)
             return
-        error = Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
+        error = Unauthorized(
+            "missing or invalid API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')"
+        )
         await error_response(error)(scope, receive, send)

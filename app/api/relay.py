@@ -34,8 +34,10 @@ class RelayResponse(StreamingResponse):
         ping_interval_s: float,
         media_type: str,
         headers: Mapping[str, str] | None = None,
+        ping: bytes = PING,
     ) -> None:
         super().__init__(chunks, media_type=media_type, headers=headers)
+        self._ping = ping  # the keep-alive: an SSE comment, or a dialect's own ping event
         self._chunks = chunks
         self._close = close
         self.ping_interval_s = ping_interval_s
@@ -62,7 +64,7 @@ class RelayResponse(StreamingResponse):
             async def ping() -> None:
                 # A second sender on the same response is safe: an ASGI server writes each
                 # body message whole, so a ping lands between two chunks, never inside one.
-                await send({"type": "http.response.body", "body": PING, "more_body": True})
+                await send({"type": "http.response.body", "body": self._ping, "more_body": True})
 
             pinger = asyncio.create_task(timer.ping_when_idle(ping))
         try:

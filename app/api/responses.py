@@ -19,18 +19,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.auth import bearer_token
-from app.api.chat import (
-    CLIENT_CLOSED,
-    DRY_RUN_HEADER,
-    FORMAT_HEADER,
-    PRESET_HEADER,
-    PROMPT_CHARS_HEADER,
-    STREAM_HEADERS,
-    choice_of,
-)
+from app.api.auth import client_key
+from app.api.chat import CLIENT_CLOSED, PROMPT_CHARS_HEADER, STREAM_HEADERS
 from app.api.deps import services_of
-from app.api.disconnect import ClientDisconnected, unless_disconnected
+from app.api.dialect_route import complete_for
 from app.api.json_response import JsonResponse
 from app.api.relay import RelayResponse
 from app.api.request_body import parse_json, read_body, validate_body
@@ -44,7 +36,7 @@ from app.dialects.responses_output import (
 )
 from app.dialects.responses_stream import ResponsesStream
 from app.errors import InvalidRequest, NotFound, ProxyError
-from app.prompt.protocol import ChatCompletionRequest, PromptFormat, PromptPreset
+from app.prompt.protocol import ChatCompletionRequest
 from app.services.chat import DryRun, JsonReply, StreamReply
 from app.services.response_store import ResponseStore, StoredResponse, key_digest
 
@@ -118,7 +110,7 @@ async def create_response(request: Request) -> Response:
     services = services_of(request)
     service, store = services.chat, services.responses
     body = validate_body(parse_json(await read_body(request)), ResponsesRequest)
-    owner = key_digest(bearer_token(request.scope))
+    owner = key_digest(client_key(request.scope))
     storing = body.store is not False
     if not store.enabled:
         if body.store is True or body.previous_response_id:
@@ -142,28 +134,8 @@ async def create_response(request: Request) -> Response:
         history = previous.messages
     turn = to_chat(body, history)
     chat = validate_body(turn.body, ChatCompletionRequest)
-    try:
-        outcome = await unless_disconnected(
-            request.receive,
-            service.complete(
-                chat,
-                dry_run=request.headers.get(DRY_RUN_HEADER, "").lower() in ("1", "true", "yes"),
-                preset=choice_of(
-                    PromptPreset,
-                    "X-Clip-Proxy-Preset",
-                    request.headers.get(PRESET_HEADER),
-                    "invalid_preset",
-                ),
-                prompt_format=choice_of(
-                    PromptFormat,
-                    "X-Clip-Proxy-Format",
-                    request.headers.get(FORMAT_HEADER),
-                    "invalid_format",
-                ),
-                dialect=RESPONSES,
-            ),
-        )
-    except ClientDisconnected:
+    outcome = await complete_for(request, service, chat, dialect=RESPONSES)
+    if outcome is None:
         return Response(status_code=CLIENT_CLOSED)
     if isinstance(outcome, DryRun):
         return JsonResponse(outcome.body, headers={PROMPT_CHARS_HEADER: str(outcome.prompt_chars)})
@@ -222,7 +194,7 @@ async def get_response(request: Request, response_id: str) -> Response:
 @router.delete("/v1/responses/{response_id}", response_model=None)
 async def delete_response(request: Request, response_id: str) -> Response:
     store = services_of(request).responses
-    owner = key_digest(bearer_token(request.scope))
+    owner = key_digest(client_key(request.scope))
     if not await store.delete(response_id, owner=owner):
         raise _not_found(response_id)
     return JsonResponse({"id": response_id, "object": "response.deleted", "deleted": True})
@@ -230,7 +202,7 @@ async def delete_response(request: Request, response_id: str) -> Response:
 
 async def _stored(request: Request, response_id: str) -> StoredResponse:
     store = services_of(request).responses
-    owner = key_digest(bearer_token(request.scope))
+    owner = key_digest(client_key(request.scope))
     record = await store.get(response_id, owner=owner, with_messages=False)
     if record is None:
         raise _not_found(response_id)

@@ -4,6 +4,9 @@ Chat Completions request and the upstream's Chat Completions answers back into i
     chat.py        Chat Completions: the identity (relayed byte for byte)
     responses.py   OpenAI Responses: requests into the internal chat request;
                    responses_output.py the `response` object; responses_stream.py its events
+    anthropic.py   Anthropic Messages: requests into the internal chat request;
+                   anthropic_output.py the `message` object and errors; anthropic_stream.py
+                   its events
 
 Pure translation: nothing here does I/O or knows the services, the engine or the upstream.
 """
@@ -21,6 +24,7 @@ _ROUTE_DIALECTS = {
     "/v1/responses": RESPONSES,
     "/v1/responses/{response_id}": RESPONSES,
     "/v1/messages": ANTHROPIC,
+    "/v1/messages/count_tokens": ANTHROPIC,
 }
 
 

@@ -163,13 +163,14 @@ def rewrite_messages(
     templates = templates or ImageTemplates()
     describe = preset is PromptPreset.describe
     current = last_user_index(messages)
-    as_refs = _retained_as_refs(messages, current, templates.max_retained_vectors)
+    turn = _current_tool_results(messages)
+    as_refs = _retained_as_refs(messages, current, templates.max_retained_vectors, turn)
     rewritten: list[Message] = []
     for message_index, message in enumerate(messages):
         out = {key: value for key, value in message.items() if key != "reasoning_content"}
         content = message.get("content")
         if isinstance(content, list):
-            retained = message_index != current
+            retained = message_index != current and message_index not in turn
             parts = []
             for part_index, part in enumerate(content):
                 location = (message_index, part_index)
@@ -186,12 +187,14 @@ def rewrite_messages(
                     parts.append({"type": "text", "text": text})
                 elif location in as_refs:
                     parts.append({"type": "text", "text": facts.render(templates.retained_ref)})
-                elif prompt_format is PromptFormat.inline:
+                elif prompt_format is PromptFormat.inline or message.get("role") == "tool":
                     template = templates.retained if retained else templates.image
                     parts.append({"type": "text", "text": facts.render(template)})
                 else:
                     parts.append(_embedding_part(facts))
-            if prompt_format is PromptFormat.inline and all(map(_is_textual, parts)):
+            # A tool message holds text only upstream: its images are written inline.
+            inline = prompt_format is PromptFormat.inline or message.get("role") == "tool"
+            if inline and all(map(_is_textual, parts)):
                 out["content"] = "\n".join(_part_text(part) for part in parts)
             else:
                 # `content_part`, or a part inline cannot write as text (`input_audio`, a
@@ -209,14 +212,32 @@ def _part_text(part: Mapping[str, Any]) -> str:
     return str(part["refusal"] if part.get("type") == "refusal" else part["text"])
 
 
-def _retained_as_refs(messages: list[Message], current: int, keep: int) -> set[Location]:
+def _current_tool_results(messages: list[Message]) -> set[int]:
+    """The tool messages after the last assistant message: results of this turn's calls
+    (a tool that read a screenshot), whose images are current, not earlier ones."""
+    turn: set[int] = set()
+    for index in range(len(messages) - 1, -1, -1):
+        role = messages[index].get("role")
+        if role == "assistant":
+            break
+        if role == "tool":
+            turn.add(index)
+    return turn
+
+
+def _retained_as_refs(
+    messages: list[Message], current: int, keep: int, turn: set[int] | None = None
+) -> set[Location]:
     """The earlier images beyond the `keep` most recent ones."""
     if keep < 0:
         return set()
+    turn = turn or set()
     earlier = [
         (message_index, part_index)
         for message_index, message in enumerate(messages)
-        if message_index != current and isinstance(message.get("content"), list)
+        if message_index != current
+        and message_index not in turn
+        and isinstance(message.get("content"), list)
         for part_index, part in enumerate(message["content"])
         if is_image_part(part)
     ]

@@ -89,7 +89,8 @@ def _shown(value: Any) -> str:
         return str(value.value)
     if isinstance(value, bool):
         return str(value).lower()
-    return _without_password(str(value))
+    # One row per setting: a template's line breaks are shown as the `\n` that sets them.
+    return _without_password(str(value)).replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def _without_password(text: str) -> str:

@@ -117,7 +117,7 @@ def test_quick_start_and_use_it_run_as_written(tmp_path: Path) -> None:
             server.wait(timeout=30)
 
     python = [out for block, out in outputs if block.lang == "python"]
-    assert len(python) == 2
+    assert len(python) == 3
     reasoning, _, answer = python[0].partition("\n\nAnswer:\n")
     assert reasoning.startswith("Reasoning:\nThe proxy sent me 1 image")
     assert answer.startswith("clip-proxy echo: 1 image.\nimage 1 (this turn): 451x300 px")
@@ -127,6 +127,10 @@ def test_quick_start_and_use_it_run_as_written(tmp_path: Path) -> None:
     assert "clip-proxy echo: 1 image.\nimage 1 (this turn): 451x300 px" in python[1]
     assert python[1].count("clip-proxy echo:") == 2, python[1]
     assert "earlier" in python[1].rsplit("clip-proxy echo:", 1)[1], python[1]
+    # The Messages example: thinking and text from the anthropic SDK's stream.
+    assert "The proxy sent me 1 image" in python[2]
+    assert "clip-proxy echo: 1 image.\nimage 1 (this turn): 451x300 px" in python[2]
+    assert python[2].rstrip().split("\n")[-1].split()[0] == "end_turn", python[2]
     curl = [out for block, out in outputs if "curl" in block.code]
     assert len(curl) == 1
     assert "clip-proxy echo: 1 image." in curl[0] and curl[0].rstrip().endswith("data: [DONE]")
