@@ -4,7 +4,11 @@ each recorded, so a test sees what went through it.
 
     with EgressProxy() as egress:
         ... HTTPS_PROXY=egress.url ...
-        assert egress.requests == ["CONNECT 127.0.0.1:8443"]
+        assert egress.requests == ["CONNECT upstream.test:8443"]
+
+Names under `.test` (reserved by RFC 6761, never on the internet) are this machine to the
+egress proxy: a test names its upstream `upstream.test` so that the proxy under test, which
+sends loopback upstreams direct, has a non-loopback name to send through the egress proxy.
 """
 
 from __future__ import annotations
@@ -57,12 +61,14 @@ class EgressProxy:
             self.requests.append(f"{method} {target}")
             if method == "CONNECT":
                 host, port = target.rsplit(":", 1)
-                upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+                upstream_reader, upstream_writer = await asyncio.open_connection(
+                    resolve(host), int(port)
+                )
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             else:
                 url = urlsplit(target)
                 upstream_reader, upstream_writer = await asyncio.open_connection(
-                    url.hostname, url.port or 80
+                    resolve(url.hostname or ""), url.port or 80
                 )
                 path = (url.path or "/") + (f"?{url.query}" if url.query else "")
                 rest = head.split(b"\r\n", 1)[1]
@@ -72,6 +78,19 @@ class EgressProxy:
             pass
         finally:
             writer.close()
+
+
+TEST_DOMAIN = ".test"
+
+
+def resolve(host: str) -> str:
+    """The egress proxy's DNS: `*.test` is loopback, anything else as the system says."""
+    return "127.0.0.1" if host.endswith(TEST_DOMAIN) else host
+
+
+def via_test_name(url: str, name: str = "upstream.test") -> str:
+    """`url` with its loopback address replaced by a `.test` name the egress proxy resolves."""
+    return url.replace("127.0.0.1", name, 1)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -61,7 +61,7 @@ def make_pki(directory: Path) -> Pki:
     )  # fmt: skip
     server = _sign(
         directory, "server", "/CN=127.0.0.1",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:upstream.test\nextendedKeyUsage=serverAuth",
     )  # fmt: skip
     client = _sign(directory, "client", "/CN=clip-proxy", "extendedKeyUsage=clientAuth")
     return Pki(directory / "ca.pem", *server, *client)

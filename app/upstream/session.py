@@ -15,6 +15,7 @@ bounded pieces.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import ssl
 import urllib.request
@@ -97,13 +98,28 @@ def parse_proxy(value: str, *, name: str) -> EgressProxy:
     return EgressProxy(url.with_user(None).with_password(None), headers)
 
 
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def egress_proxy(target: str, override: str) -> EgressProxy | None:
     """The proxy toward `target`: `override` (CLIP_PROXY_UPSTREAM_PROXY) when set, else the
     environment as httpx reads it: HTTPS_PROXY / HTTP_PROXY by the target's scheme, ALL_PROXY
     for any scheme, either case; NO_PROXY (host names, domain suffixes, `*`) bypasses."""
+    parts = urlsplit(target)
+    if is_loopback_host(parts.hostname):
+        # A loopback upstream (the embedded echo, a model server beside the proxy) is this
+        # machine: an egress proxy would reach its own loopback, or leak the request.
+        return None
     if override:
         return parse_proxy(override, name="CLIP_PROXY_UPSTREAM_PROXY")
-    parts = urlsplit(target)
     proxies = urllib.request.getproxies_environment()
     if "*" in (host.strip() for host in proxies.get("no", "").split(",")):
         return None  # httpx reads `*` anywhere in the list as "no proxy at all"

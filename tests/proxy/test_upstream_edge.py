@@ -22,7 +22,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.egress_proxy import EgressProxy
+from tests.egress_proxy import EgressProxy, via_test_name
 from tests.helpers import DRY_RUN, ProxyServer, free_port, image_message, metric_value
 from tests.proxy.test_fetch import Handler, ImageHost
 from tests.tls_certs import Pki, make_pki
@@ -169,9 +169,30 @@ def test_https_proxy_from_the_environment_is_used(
     clean_proxy_env: pytest.MonkeyPatch,
 ) -> None:
     clean_proxy_env.setenv("HTTPS_PROXY", egress.url)
-    proxy = start_proxy(upstream_base_url=tls_upstream.base_url, upstream_ca_file=pki.ca)
+    proxy = start_proxy(
+        upstream_base_url=via_test_name(tls_upstream.base_url), upstream_ca_file=pki.ca
+    )
     assert streamed_text(proxy) == "A cat on a sofa."
-    assert egress.requests == [f"CONNECT 127.0.0.1:{tls_upstream.port}"]
+    assert egress.requests == [f"CONNECT upstream.test:{tls_upstream.port}"]
+
+
+def test_a_loopback_upstream_never_goes_through_an_egress_proxy(
+    start_proxy: Callable[..., ProxyServer],
+    tls_upstream: FakeUpstream,
+    pki: Pki,
+    egress: EgressProxy,
+    clean_proxy_env: pytest.MonkeyPatch,
+) -> None:
+    # The embedded echo and a model server beside the proxy are on loopback: an egress proxy
+    # would reach its own loopback (or see the request), whatever the environment says.
+    for variable in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
+        clean_proxy_env.setenv(variable, egress.url)
+    proxy = start_proxy(upstream_base_url=tls_upstream.base_url, upstream_ca_file=pki.ca)
+    served_before = len(tls_upstream.requests)
+    assert streamed_text(proxy) == "A cat on a sofa."
+    # (the test's own httpx client reads HTTP_PROXY too: only the upstream's port matters)
+    assert [line for line in egress.requests if f":{tls_upstream.port}" in line] == []
+    assert len(tls_upstream.requests) == served_before + 1
 
 
 def test_no_proxy_bypasses_the_environment_proxy(
@@ -182,9 +203,16 @@ def test_no_proxy_bypasses_the_environment_proxy(
     clean_proxy_env: pytest.MonkeyPatch,
 ) -> None:
     clean_proxy_env.setenv("HTTPS_PROXY", egress.url)
-    clean_proxy_env.setenv("NO_PROXY", "localhost,127.0.0.1")
-    proxy = start_proxy(upstream_base_url=tls_upstream.base_url, upstream_ca_file=pki.ca)
-    assert chat(proxy).status_code == 200
+    clean_proxy_env.setenv("NO_PROXY", "localhost,upstream.test")
+    proxy = start_proxy(
+        upstream_base_url=via_test_name(tls_upstream.base_url),
+        upstream_ca_file=pki.ca,
+        upstream_retry_base_s=0.05,
+    )
+    # Bypassed, the proxy looks `upstream.test` up itself: only the egress proxy knows that
+    # name, so the direct attempt fails on DNS, which shows that it went direct.
+    error = error_of(chat(proxy), 502)
+    assert error["code"] == "upstream_unreachable"
     assert egress.requests == []
 
 
@@ -197,10 +225,12 @@ def test_upstream_proxy_setting_overrides_the_environment(
 ) -> None:
     clean_proxy_env.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing there
     proxy = start_proxy(
-        upstream_base_url=tls_upstream.base_url, upstream_ca_file=pki.ca, upstream_proxy=egress.url
+        upstream_base_url=via_test_name(tls_upstream.base_url),
+        upstream_ca_file=pki.ca,
+        upstream_proxy=egress.url,
     )
     assert chat(proxy).status_code == 200
-    assert egress.requests == [f"CONNECT 127.0.0.1:{tls_upstream.port}"]
+    assert egress.requests == [f"CONNECT upstream.test:{tls_upstream.port}"]
 
 
 def test_an_http_upstream_goes_through_the_proxy_in_absolute_form(
@@ -209,9 +239,10 @@ def test_an_http_upstream_goes_through_the_proxy_in_absolute_form(
     egress: EgressProxy,
     clean_proxy_env: pytest.MonkeyPatch,
 ) -> None:
-    proxy = start_proxy(upstream_proxy=egress.url)
+    named = via_test_name(upstream.base_url)
+    proxy = start_proxy(upstream_base_url=named, upstream_proxy=egress.url)
     assert chat(proxy).status_code == 200
-    assert egress.requests == [f"POST {upstream.base_url}/chat/completions"]
+    assert egress.requests == [f"POST {named}/chat/completions"]
 
 
 @pytest.fixture
