@@ -16,7 +16,7 @@ import pytest
 from anthropic.types import Message, TextBlock, ThinkingBlock, ToolUseBlock
 
 from tests import pdfs
-from tests.helpers import DATA, ProxyServer, images_encoded
+from tests.helpers import DATA, ProxyServer, images_encoded, unique_png
 from tests.upstream_server import (
     FakeUpstream,
     Reply,
@@ -56,8 +56,8 @@ def client_of(proxy: ProxyServer, key: str = "sk-client", **options: Any) -> ant
     return client
 
 
-def image_block(name: str = "chelsea.png") -> Any:
-    data = base64.b64encode((DATA / name).read_bytes()).decode()
+def image_block(name: str = "chelsea.png", image: bytes | None = None) -> Any:
+    data = base64.b64encode(image if image is not None else (DATA / name).read_bytes()).decode()
     return {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}
 
 
@@ -132,7 +132,13 @@ def test_an_image_reaches_the_upstream_as_text(proxy: ProxyServer, upstream: Fak
         model="deepseek-r1",
         max_tokens=50,
         messages=[
-            {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image_block()]}
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    image_block(image=unique_png()),
+                ],
+            }
         ],
     )
     assert message.content[-1].type == "text"
