@@ -252,6 +252,10 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(16, ge=0)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_body_bytes: int = Field(64 * MiB, ge=1)
+    # Shapes no real chat has (a million one-word messages): refused before validation, whose
+    # cost grows with them.
+    max_messages: int = Field(2000, ge=1)
+    max_content_parts: int = Field(10_000, ge=1)
     # A request head (request line and headers) longer than this gets 431 and is closed.
     max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * MiB)
     # A connection that has not finished its head this many seconds after it opened (or

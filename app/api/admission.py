@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.early_answer import answer_before_body
 from app.api.errors import error_response
 from app.errors import Overloaded
 
@@ -75,7 +76,7 @@ class AdmissionMiddleware:
         refusal = self.admission.refusal()
         if refusal is not None:
             self._refused(refusal)
-            await error_response(refusal)(scope, receive, send)
+            await answer_before_body(error_response(refusal), scope, receive, send)
             return
         admitted = False
 

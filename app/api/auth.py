@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.early_answer import answer_before_body
 from app.api.errors import error_response
 from app.errors import Unauthorized
 from app.observability.tenant import bound_client, key_identity
@@ -105,4 +106,4 @@ class ClientAuthMiddleware:
         error = Unauthorized(
             "missing or invalid API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')"
         )
-        await error_response(error)(scope, receive, send)
+        await answer_before_body(error_response(error), scope, receive, send)

@@ -23,6 +23,7 @@ import collections
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.early_answer import answer_before_body
 from app.api.errors import error_response
 from app.errors import Overloaded, PayloadTooLarge, ProxyError, RequestTimeout
 from app.ingest.limits import body_too_large
@@ -127,7 +128,7 @@ class BodyLimitMiddleware:
             if declared:
                 await self.budget.reserve(declared)
         except ProxyError as error:
-            await error_response(error)(scope, receive, send)
+            await answer_before_body(error_response(error), scope, receive, send)
             return
         reserved = declared or 0
         received = 0

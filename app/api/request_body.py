@@ -13,6 +13,7 @@ as a JSON value (plain text if it is not JSON), and one or more files in `image`
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
@@ -39,6 +40,13 @@ _FORM_FALSE = frozenset({"false", "0", "no", "off"})
 
 Model = TypeVar("Model", bound=BaseModel)
 
+# Past these a body is parsed and validated in a thread, not on the event loop.
+OFF_LOOP_BYTES = 1024 * 1024
+OFF_LOOP_MESSAGES = 200
+# `"type"` keys a chat body may hold outside its content parts (tools' JSON schemas,
+# response_format, tool calls) before the byte pre-check counts them as parts.
+TYPE_KEYS_OUTSIDE_PARTS = 10_000
+
 
 async def read_json_request(request: Request, model: type[Model]) -> Model:
     """A JSON body, parsed and validated; `InvalidRequest` naming the field otherwise."""
@@ -59,8 +67,69 @@ async def read_chat_request(
         if raw is None:
             raw, uploads = await _read_multipart(request, limits, body=bytes(body))
     else:
-        raw, uploads = parse_json(await read_body(request)), []
-    return validate_body(raw, ChatCompletionRequest), uploads
+        body = await read_body(request)
+        precheck_shape(body, limits)
+        # A large body is parsed off the event loop: every stream in flight keeps flowing.
+        if len(body) > OFF_LOOP_BYTES:
+            raw, uploads = await asyncio.to_thread(parse_json, body), []
+        else:
+            raw, uploads = parse_json(body), []
+    check_shape(raw, limits)
+    messages = raw.get("messages") if isinstance(raw, dict) else None
+    if isinstance(messages, list) and len(messages) > OFF_LOOP_MESSAGES:
+        chat = await asyncio.to_thread(validate_body, raw, ChatCompletionRequest)
+    else:
+        chat = validate_body(raw, ChatCompletionRequest)
+    return chat, uploads
+
+
+def precheck_shape(body: bytes | bytearray, limits: ChatLimits) -> None:
+    """Refuse an absurd shape before parsing it: parsing holds the interpreter (orjson keeps
+    the GIL), so a million messages would stall every stream for a third of a second. A
+    byte count of the `"role"` and `"type"` keys bounds the messages and parts from above
+    (only a string value that is exactly "role" or "type" counts extra), so a body under
+    it is parsed and counted exactly by `check_shape`."""
+    if len(body) <= OFF_LOOP_BYTES:
+        return
+    if body.count(b'"role"') > limits.max_messages:
+        raise too_many_messages(limits.max_messages)
+    if body.count(b'"type"') > limits.max_content_parts + TYPE_KEYS_OUTSIDE_PARTS:
+        raise too_many_parts(limits.max_content_parts)
+
+
+def too_many_messages(limit: int, count: int | None = None) -> InvalidRequest:
+    counted = f"{count} messages" if count is not None else "more messages"
+    return InvalidRequest(
+        f"{counted} in one request than the limit of {limit} (CLIP_PROXY_MAX_MESSAGES)",
+        param="messages",
+        code="too_many_messages",
+    )
+
+
+def too_many_parts(limit: int, count: int | None = None) -> InvalidRequest:
+    counted = f"{count} content parts" if count is not None else "more content parts"
+    return InvalidRequest(
+        f"{counted} in one request than the limit of {limit} (CLIP_PROXY_MAX_CONTENT_PARTS)",
+        param="messages",
+        code="too_many_content_parts",
+    )
+
+
+def check_shape(raw: Any, limits: ChatLimits) -> None:
+    """Refuse shapes no real chat has before validating them (validation's cost grows with
+    them): more than MAX_MESSAGES messages, or MAX_CONTENT_PARTS content parts in all."""
+    messages = raw.get("messages") if isinstance(raw, dict) else None
+    if not isinstance(messages, list):
+        return
+    if len(messages) > limits.max_messages:
+        raise too_many_messages(limits.max_messages, len(messages))
+    parts = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            parts += len(content)
+    if parts > limits.max_content_parts:
+        raise too_many_parts(limits.max_content_parts, parts)
 
 
 async def read_body(request: Request) -> bytearray:

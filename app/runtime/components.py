@@ -109,6 +109,8 @@ def build_state(
             max_image_bytes=settings.max_image_bytes,
             max_body_bytes=settings.max_body_bytes,
             max_document_bytes=settings.max_document_bytes,
+            max_messages=settings.max_messages,
+            max_content_parts=settings.max_content_parts,
         ),
         ping_interval_s=settings.ping_interval_s,
         templates=settings.templates(),

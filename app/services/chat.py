@@ -97,6 +97,8 @@ class ChatLimits:
     max_image_bytes: int
     max_body_bytes: int
     max_document_bytes: int = 50 * 1024 * 1024
+    max_messages: int = 2000
+    max_content_parts: int = 10_000
 
 
 @dataclass(frozen=True)
