@@ -28,6 +28,12 @@ python3 -m venv .venv
 # (Never torchvision: transformers' CLIP image processor works without it.)
 .venv/bin/pip install -q "torch==2.13.0"
 .venv/bin/pip install -q -e ".[test]"
+# LiteLLM's proxy, a describer server nobody here wrote (tests/proxy/test_describer_litellm.py),
+# in a venv of its own: its [proxy] extra pins an older huggingface_hub than the project's.
+if [ ! -x bench/.venv-litellm/bin/litellm ]; then
+    python3 -m venv bench/.venv-litellm
+    bench/.venv-litellm/bin/pip install -q "litellm[proxy]"
+fi
 # The tests use a real Redis on 127.0.0.1:6379; start one if the machine has none running.
 if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
