@@ -30,6 +30,7 @@ from app.dialects.anthropic_output import (
     tool_use_block,
     usage_of,
 )
+from app.dialects.sse import SseData
 
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 
@@ -42,7 +43,7 @@ class MessagesStream:
     def __init__(self, message: dict[str, Any], stop_sequences: list[str] | None = None) -> None:
         self.message = message
         self._stop_sequences = stop_sequences
-        self._buffer = b""
+        self._events = SseData()
         self._index = -1  # the open block's index
         self._kind: str | None = None  # the open block's kind
         self._calls: dict[int, int] = {}  # the upstream's tool call index -> block index
@@ -59,21 +60,11 @@ class MessagesStream:
         """The events for the upstream bytes received; b"" until an upstream event is whole."""
         if self.ended:
             return b""
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buffer = self._buffer + chunk if self._buffer else chunk
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = buffer
-            return b""
-        self._buffer = buffer[end + 2 :]
         out: list[bytes] = []
-        for block in buffer[:end].split(b"\n\n"):
-            for line in block.split(b"\n"):
-                if line.startswith(b"data:"):
-                    self._data(line[5:].strip(), out)
-                    if self.ended:
-                        return b"".join(out)
+        for payload in self._events.feed(chunk):
+            self._data(payload, out)
+            if self.ended:
+                break
         return b"".join(out)
 
     def finish(self) -> bytes:

@@ -33,6 +33,7 @@ from app.dialects.responses_output import (
     reasoning_item,
     usage_of,
 )
+from app.dialects.sse import SseData
 
 _REASONING = "reasoning"
 _MESSAGE = "message"
@@ -56,7 +57,7 @@ class ResponsesStream:
     def __init__(self, response: dict[str, Any]) -> None:
         self.response = response
         self._sequence = 0
-        self._buffer = b""
+        self._events = SseData()
         self._open: _Item | None = None  # the reasoning or message item being streamed
         self._calls: dict[int, _Item] = {}  # tool calls by the upstream's index, still open
         self._finish_reason: str | None = None
@@ -74,19 +75,9 @@ class ResponsesStream:
         """The events for the upstream bytes received; b"" until an upstream event is whole."""
         if self.ended:
             return b""
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buffer = self._buffer + chunk if self._buffer else chunk
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = buffer
-            return b""
-        self._buffer = buffer[end + 2 :]
         out: list[bytes] = []
-        for block in buffer[:end].split(b"\n\n"):
-            for line in block.split(b"\n"):
-                if line.startswith(b"data:"):
-                    self._data(line[5:].strip(), out)
+        for payload in self._events.feed(chunk):
+            self._data(payload, out)
         return b"".join(out)
 
     def finish(self) -> bytes:

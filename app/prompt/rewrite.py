@@ -150,6 +150,25 @@ def last_user_index(messages: list[Message]) -> int:
     return -1
 
 
+def append_to_last_user(messages: list[Message], parts: list[Any]) -> None:
+    """Put `parts` at the end of the last user message, after its text (a new user message
+    when there is none): where a multipart request's uploads belong."""
+    if not parts:
+        return
+    index = last_user_index(messages)
+    if index < 0:
+        messages.append({"role": "user", "content": parts})
+        return
+    content = messages[index].get("content")
+    if isinstance(content, list):
+        before = content
+    elif content:
+        before = [{"type": "text", "text": content}]
+    else:
+        before = []
+    messages[index]["content"] = before + parts
+
+
 def rewrite_messages(
     messages: list[Message],
     images: Mapping[Location, ImageFacts],

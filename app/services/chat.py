@@ -36,9 +36,9 @@ from app.prompt.rewrite import (
     ImageTemplates,
     Location,
     Message,
+    append_to_last_user,
     clip_text,
     format_vector,
-    last_user_index,
     rewrite_messages,
 )
 from app.services.documents import (
@@ -344,21 +344,7 @@ def _usage_of(answer: bytes) -> dict[str, Any] | None:
 
 def attach_uploads(messages: list[Message], count: int) -> None:
     """Put `count` uploaded-image parts at the end of the last user message, after its text."""
-    if count == 0:
-        return
-    placeholders: list[Any] = [UploadedImagePart(index) for index in range(count)]
-    index = last_user_index(messages)
-    if index < 0:
-        messages.append({"role": "user", "content": placeholders})
-        return
-    content = messages[index].get("content")
-    if isinstance(content, list):
-        parts = content
-    elif content:
-        parts = [{"type": "text", "text": content}]
-    else:
-        parts = []
-    messages[index]["content"] = parts + placeholders
+    append_to_last_user(messages, [UploadedImagePart(index) for index in range(count)])
 
 
 def collect_image_sources(

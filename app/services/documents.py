@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from app.documents.pages import PageRanges, describe_ranges, parse_pages
 from app.documents.reader import DocumentReader, DocumentText
 from app.errors import InvalidRequest, first_proxy_error
 from app.ingest.documents import DocumentSource, document_from_part
 from app.prompt.documents import DocumentTemplates, DocumentWords, PageWords, render_documents
-from app.prompt.rewrite import Message, last_user_index
+from app.prompt.rewrite import Message, append_to_last_user
 
 # Sent to the client when the request's documents were cut at DOCUMENT_MAX_CHARS.
 TRUNCATED_HEADER = "X-Clip-Proxy-Document-Truncated"
@@ -49,21 +48,8 @@ class UploadedDocumentPart:
 
 
 def attach_document_uploads(messages: list[Message], uploads: Sequence[DocumentSource]) -> None:
-    if not uploads:
-        return
-    placeholders: list[Any] = [UploadedDocumentPart(source) for source in uploads]
-    index = last_user_index(messages)
-    if index < 0:
-        messages.append({"role": "user", "content": placeholders})
-        return
-    content = messages[index].get("content")
-    if isinstance(content, list):
-        parts = content
-    elif content:
-        parts = [{"type": "text", "text": content}]
-    else:
-        parts = []
-    messages[index]["content"] = parts + placeholders
+    """Put the uploaded documents at the end of the last user message, after its text."""
+    append_to_last_user(messages, [UploadedDocumentPart(source) for source in uploads])
 
 
 async def read_documents(
