@@ -246,6 +246,16 @@ class Metrics:
             buckets=_IMAGE_BUCKETS,
             registry=r,
         )
+        self.image_decodes = Counter(
+            "clip_proxy_image_decodes",
+            "Images decoded from their bytes, by scale: full (shared by CLIP, OCR and the "
+            "captioner on a describe miss), reduced (CLIP alone, a JPEG scaled in libjpeg), "
+            "device (nvJPEG)",
+            ["scale"],
+            registry=r,
+        )
+        for scale in ("full", "reduced", "device"):
+            self.image_decodes.labels(scale=scale)
         self.preprocess = Histogram(
             "clip_proxy_preprocess_seconds",
             "Time to resize, crop and normalise one image for CLIP",

@@ -100,7 +100,7 @@ class OcrModel:
         """The reading of one image as steps (decode, detection, then a few lines at a
         time): each `next()` runs one; the pool interleaves the steps of several images
         and drops an image past its deadline between two (`workers.py`)."""
-        image = self._decode(item.data, item.param)
+        image = item.decode_with(self._decode)
         yield
         return (yield from self._read_steps(image, deadline))
 
