@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     ocr_device: Literal["cpu", "cuda"] = "cpu"
     ocr_queue_size: int = Field(64, ge=1, le=100_000)
     ocr_timeout_s: float = Field(30.0, gt=0)
+    # The no-text gate: an image larger than this (longer side, px) is first detected at
+    # this size, and not read when no text box shows (app/engine/ocr_gate.py); 0: off.
+    ocr_gate_side: int = Field(640, ge=0, le=4096)
     # Text boxes recognised per image (top to bottom): the work per image, bounded up front.
     ocr_max_boxes: int = Field(200, ge=1, le=10_000)
     # An image whose OCR passed its deadline is not read again for this long (0: always).

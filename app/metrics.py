@@ -323,6 +323,14 @@ class Metrics:
             buckets=_ENCODE_BUCKETS,
             registry=r,
         )
+        self.ocr_skipped = Counter(
+            "clip_proxy_ocr_skipped",
+            "Images whose text recognition was skipped, by reason: no_text (the detector "
+            "found no text box on the image shrunk to 640 px: a photo without text)",
+            ["reason"],
+            registry=r,
+        )
+        self.ocr_skipped.labels(reason="no_text")
         self.caption_duration = Histogram(
             "clip_proxy_caption_duration_seconds",
             "Time to caption one batch of images",

@@ -77,13 +77,11 @@ class Engine:
         self._cache = cache
         self._metrics = metrics
         self._dtype = ""
-        ocr_cache = WordsCache(
-            cache.backend_list, metrics, kind="ocr", prefix=settings.cache_key_prefix
+        ocr_cache, caption_cache = (
+            WordsCache(cache.backend_list, metrics, kind=kind, prefix=settings.cache_key_prefix)
+            for kind in ("ocr", "caption")
         )
-        ocr_cache.bind(namespace_of(ocr_identity(), 1, "ocr"))
-        caption_cache = WordsCache(
-            cache.backend_list, metrics, kind="caption", prefix=settings.cache_key_prefix
-        )
+        ocr_cache.bind(namespace_of(ocr_identity(settings.ocr_gate_side), 1, "ocr"))
         caption_cache.bind(namespace_of(f"{settings.caption_model}", 1, "caption"))
         self._words = ImageWords(
             images,
@@ -146,6 +144,8 @@ class Engine:
                     decode=images.decode,
                     use_cuda=settings.ocr_device == "cuda",
                     max_boxes=settings.ocr_max_boxes,
+                    gate_side=settings.ocr_gate_side,
+                    on_skip=lambda reason: metrics.ocr_skipped.labels(reason=reason).inc(),
                 ),
                 workers=settings.ocr_workers,
                 max_queue=settings.ocr_queue_size,
@@ -332,8 +332,7 @@ class Engine:
         return await self._words.describe(image, words=words)
 
     def share_decode(self, image: ImageBytes) -> ImageBytes:
-        """`image` with one decode for all its consumers in this request (CLIP, OCR, the
-        captioner, a describer's preparation); the caller releases it (`shared.release()`)."""
+        """`image` with one decode for all its consumers; the caller `shared.release()`s it."""
         return image.sharing(self._images.decode)
 
     async def read_page_image(self, data: bytes, param: str) -> str | None:
@@ -385,7 +384,7 @@ def labeler_of(settings: Settings, text: ClipTextEncoder) -> Labeler:
 
 def document_identity(settings: Settings) -> str:
     """What decides a document page's words: PDFium's version, the rendering, the OCR."""
-    ocr = ocr_identity() if settings.ocr_enabled else "no-ocr"
+    ocr = ocr_identity(settings.ocr_gate_side) if settings.ocr_enabled else "no-ocr"
     return (
         f"pypdfium2@{metadata.version('pypdfium2')}|dpi={settings.document_render_dpi}"
         f"|px={settings.document_render_max_pixels}|{ocr}"
