@@ -326,7 +326,7 @@ class Metrics:
         self.ocr_skipped = Counter(
             "clip_proxy_ocr_skipped",
             "Images whose text recognition was skipped, by reason: no_text (the detector "
-            "found no text box on the image shrunk to 640 px: a photo without text)",
+            "found no text box on the image shrunk to OCR_GATE_SIDE: a photo without text)",
             ["reason"],
             registry=r,
         )

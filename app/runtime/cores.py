@@ -5,7 +5,7 @@ fewer: its CPU affinity (`os.sched_getaffinity`) and a cgroup v2 quota (`cpu.max
 `docker run --cpus` and a Kubernetes CPU limit set) bound what it may use.
 
     usable_cores()            # 2 on a 2-core box, 4 under `--cpus 4` on a 64-core host
-    ocr_shape(4)              # (2, 2): OCR_WORKERS x OCR_THREADS
+    ocr_shape(4)              # (2, 1): OCR_WORKERS x OCR_THREADS
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ import os
 from pathlib import Path
 
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-# onnxruntime threads per OCR worker by default: two threads per reading gave the best
-# throughput per core of 1 and 2 (bench/results/ocr-cores.md), and a worker per two cores
-# keeps the pool's latency for one image low while several images use every core.
-THREADS_PER_WORKER = 2
+# The default shape, by measurement (bench/ocr_cores.py, bench/results/ocr-cores.md): on 2
+# busy cores one onnxruntime thread per worker read 2.3x the images per second of one worker
+# with two threads (intra-op threads wait on each other when the cores are shared), and two
+# single-threaded workers about as many as one. A worker per two cores leaves the other half
+# to CLIP, preprocessing and the event loop, and keeps one OCR model copy per two cores.
+THREADS_PER_WORKER = 1
+CORES_PER_WORKER = 2
 
 
 def usable_cores(cpu_max: Path = CPU_MAX) -> int:
@@ -49,5 +52,4 @@ def cgroup_quota(cpu_max: Path = CPU_MAX) -> float | None:
 
 def ocr_shape(cores: int) -> tuple[int, int]:
     """(workers, threads per worker) for `cores` usable cores."""
-    threads = min(THREADS_PER_WORKER, cores)
-    return max(1, cores // threads), threads
+    return max(1, cores // CORES_PER_WORKER), THREADS_PER_WORKER

@@ -38,7 +38,7 @@ def test_usable_cores_are_the_affinity_capped_by_the_quota(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
-    ("cores", "shape"), [(1, (1, 1)), (2, (1, 2)), (3, (1, 2)), (4, (2, 2)), (16, (8, 2))]
+    ("cores", "shape"), [(1, (1, 1)), (2, (1, 1)), (3, (1, 1)), (4, (2, 1)), (16, (8, 1))]
 )
 def test_the_ocr_shape_by_cores(cores: int, shape: tuple[int, int]) -> None:
     assert ocr_shape(cores) == shape
