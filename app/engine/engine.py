@@ -49,7 +49,8 @@ from app.engine.failure_memory import FailureMemory
 from app.engine.image_pipeline import ImageBytes, ImagePipeline, own_param
 from app.engine.labels import Labeler, ensemble, label_prompts, read_vocabulary
 from app.engine.ocr import OcrModel, ocr_identity
-from app.engine.pool import BatchReport, EncoderPool, PoolEvents
+from app.engine.pool import EncoderPool
+from app.engine.pool_jobs import BatchReport, PoolEvents
 from app.engine.preprocess import PREPROCESS_VERSION
 from app.engine.source import ModelUnavailable, check_model_source, describe_load_failure
 from app.engine.text import ClipTextEncoder, load_logit_scale, model_identity
