@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from transformers.utils import logging as transformers_logging
 
-from app.engine.clip import ClipImageEncoder, gpu_jpeg_decoder
+from app.engine.clip import ClipImageEncoder
+from app.engine.gpu_decode import gpu_jpeg_decoder
 from app.engine.pool import EncoderPool
 from app.engine.pool_jobs import BatchReport, PoolEvents
 from app.engine.preprocess import BytePixels, PreprocessSpec, normalise, preprocess_uint8

@@ -46,6 +46,7 @@ from app.engine.cache import (
 from app.engine.cache_scope import CacheScope
 from app.engine.caption import Captioner
 from app.engine.failure_memory import FailureMemory
+from app.engine.gpu_decode import gpu_jpeg_decoder
 from app.engine.image_pipeline import ImageBytes, ImagePipeline, own_param
 from app.engine.labels import Labeler, ensemble, label_prompts, read_vocabulary
 from app.engine.ocr import OcrModel, ocr_identity
@@ -270,9 +271,7 @@ class Engine:
         )
         pool.start()
         if settings.gpu_decode:
-            self._images.use_device_decoder(
-                clip.gpu_jpeg_decoder(encoders[0].name, encoders[0].spec)
-            )
+            self._images.use_device_decoder(gpu_jpeg_decoder(encoders[0].name, encoders[0].spec))
         self.attach_pool(pool)
         logger.info("encoder loaded; warming up", extra={"devices": pool.devices})
         if self._captions is not None:
