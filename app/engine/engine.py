@@ -36,13 +36,8 @@ import numpy as np
 
 from app.config import Settings
 from app.engine import clip
-from app.engine.cache import (
-    EmbeddingCache,
-    ImageEmbedding,
-    WordsCache,
-    build_backends,
-    namespace_of,
-)
+from app.engine.cache import EmbeddingCache, ImageEmbedding, WordsCache, namespace_of
+from app.engine.cache_backends import build_backends
 from app.engine.cache_scope import CacheScope
 from app.engine.caption import Captioner
 from app.engine.failure_memory import FailureMemory
