@@ -22,8 +22,9 @@ import time
 
 import numpy as np
 
-from app.engine.pool_jobs import POLL_S, BatchReport, Job, PoolEvents, Worker, settle
+from app.engine.pool_jobs import BatchReport, Job, PoolEvents, Worker, settle
 from app.engine.preprocess import stack
+from app.engine.supervisor import POLL_S
 from app.errors import EncoderFailed
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ import threading
 import time
 
 from app.engine.cpu_loop import CpuLoop
-from app.engine.pool_jobs import POLL_S, Batch, PipelinedEncoder, Worker, settle, shutting_down
+from app.engine.pool_jobs import Batch, PipelinedEncoder, Worker, settle, shutting_down
 from app.engine.preprocess import stack
+from app.engine.supervisor import POLL_S
 
 logger = logging.getLogger(__name__)
 
@@ -82,38 +83,29 @@ class CudaLoop:
         finished: threading.Event,
     ) -> None:
         try:
-            self._stage_until_finished(worker, encoder, staged, finished)
+            while not (self._stopping.is_set() or finished.is_set()):
+                live = self._cpu.live(self._cpu.collect())
+                if not live:
+                    continue
+                worker.hold(live)
+                batch = Batch(live)
+                try:
+                    batch.handle = encoder.stage(stack([job.pixels for job in live]))
+                except Exception as exc:
+                    batch.error = exc  # the worker thread runs it the careful way
+                while True:
+                    try:
+                        staged.put(batch, timeout=POLL_S)
+                        break
+                    except queue.Full:
+                        if self._stopping.is_set() or finished.is_set():
+                            for job in live:
+                                settle(job, error=shutting_down())
+                            worker.release(live)
+                            return
         except BaseException:
             # The worker thread sees this thread gone, fails what it held and is replaced.
             logger.exception("encoder stager died", extra={"device": worker.device})
-
-    def _stage_until_finished(
-        self,
-        worker: Worker,
-        encoder: PipelinedEncoder,
-        staged: queue.Queue[Batch],
-        finished: threading.Event,
-    ) -> None:
-        while not (self._stopping.is_set() or finished.is_set()):
-            live = self._cpu.live(self._cpu.collect())
-            if not live:
-                continue
-            worker.hold(live)
-            batch = Batch(live)
-            try:
-                batch.handle = encoder.stage(stack([job.pixels for job in live]))
-            except Exception as exc:
-                batch.error = exc  # the worker thread runs it the careful way
-            while True:
-                try:
-                    staged.put(batch, timeout=POLL_S)
-                    break
-                except queue.Full:
-                    if self._stopping.is_set() or finished.is_set():
-                        for job in live:
-                            settle(job, error=shutting_down())
-                        worker.release(live)
-                        return
 
     def _launch(self, worker: Worker, encoder: PipelinedEncoder, batch: Batch) -> Batch | None:
         """Queue `batch` on the device; a failure reruns it the careful way (None then)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import threading
 import time
 from collections.abc import Sequence
 
@@ -30,7 +29,6 @@ import numpy as np
 from app.engine.cpu_loop import CpuLoop
 from app.engine.cuda_loop import CudaLoop
 from app.engine.pool_jobs import (
-    POLL_S,
     Encoder,
     Job,
     PipelinedEncoder,
@@ -40,6 +38,7 @@ from app.engine.pool_jobs import (
     shutting_down,
 )
 from app.engine.preprocess import Pixels, PreprocessSpec
+from app.engine.supervisor import POLL_S, Supervisor
 from app.errors import EncoderFailed, Overloaded
 
 logger = logging.getLogger(__name__)
@@ -73,8 +72,8 @@ class EncoderPool:
         self._job_timeout_s = job_timeout_s
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._events = events or PoolEvents()
-        self._stopping = threading.Event()
-        self._supervisor: threading.Thread | None = None
+        self._threads = Supervisor()
+        self._stopping = self._threads.stopping
         self._cpu = CpuLoop(
             self._queue,
             max_batch=max_batch,
@@ -118,23 +117,13 @@ class EncoderPool:
         """Start every worker (each warms up first) and the supervisor that restarts them."""
         for worker in self._workers:
             self._start_worker(worker)
-        self._supervisor = threading.Thread(
-            target=self._supervise, name="encoder-supervisor", daemon=True
-        )
-        self._supervisor.start()
+        self._threads.every(self._supervise, name="encoder-supervisor")
 
     def wait_ready(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not self.ready and time.monotonic() < deadline:
-            time.sleep(POLL_S / 5)
-        return self.ready
+        return self._threads.wait_until(lambda: self.ready, timeout_s, poll_s=POLL_S / 5)
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        self._stopping.set()
-        threads = [worker.thread for worker in self._workers] + [self._supervisor]
-        for thread in threads:
-            if thread is not None:
-                thread.join(timeout_s)
+        self._threads.stop(timeout_s)
         # Whatever is still queued will never run: tell its callers now.
         while True:
             try:
@@ -164,16 +153,13 @@ class EncoderPool:
     # Workers and their supervisor
 
     def _start_worker(self, worker: Worker) -> None:
-        worker.thread = threading.Thread(
-            target=self._serve, args=(worker,), name=f"encoder-{worker.device}", daemon=True
-        )
-        worker.thread.start()
+        # Only `start` and then the supervisor's tick start workers: never two at once.
+        worker.thread = self._threads.spawn(self._serve, worker, name=f"encoder-{worker.device}")
 
     def _supervise(self) -> None:
-        while not self._stopping.wait(POLL_S):
-            for worker in self._workers:
-                if worker.thread is not None and not worker.thread.is_alive():
-                    self._replace(worker)
+        for worker in self._workers:
+            if worker.thread is not None and not worker.thread.is_alive():
+                self._replace(worker)
 
     def _replace(self, worker: Worker) -> None:
         if time.monotonic() < worker.next_start_at:

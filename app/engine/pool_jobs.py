@@ -21,9 +21,6 @@ import numpy as np
 from app.engine.preprocess import Pixels, PreprocessSpec
 from app.errors import Overloaded
 
-# How often idle workers look at the stop flag and the supervisor looks at the workers.
-POLL_S = 0.05
-
 
 class Encoder(Protocol):
     """What the pool needs from a model copy (see `ClipImageEncoder`)."""
