@@ -165,9 +165,7 @@ class EncoderPool:
         if time.monotonic() < worker.next_start_at:
             return
         # The dead thread failed its own in-flight jobs; this catches what it could not.
-        for job in worker.in_flight:
-            settle(job, error=EncoderFailed("the image encoder worker crashed"))
-        worker.in_flight = []
+        _fail_in_flight(worker)
         worker.restarts += 1
         delay = min(_MAX_RESTART_DELAY_S, 0.1 * 2 ** min(worker.restarts, 10))
         worker.next_start_at = time.monotonic() + delay
@@ -191,11 +189,15 @@ class EncoderPool:
             # Not re-raised: the thread ends here and the supervisor replaces it.
             worker.warm = False
             logger.exception("encoder worker died", extra={"device": worker.device})
-            for job in worker.in_flight:
-                settle(job, error=EncoderFailed("the image encoder worker crashed"))
-            worker.in_flight = []
+            _fail_in_flight(worker)
 
     def _pipelined(self, encoder: Encoder) -> PipelinedEncoder | None:
         if self._pipeline is False or not isinstance(encoder, PipelinedEncoder):
             return None
         return encoder if self._pipeline or encoder.pipelined else None
+
+
+def _fail_in_flight(worker: Worker) -> None:
+    for job in worker.in_flight:
+        settle(job, error=EncoderFailed("the image encoder worker crashed"))
+    worker.in_flight = []

@@ -1,12 +1,12 @@
 """A pool of model workers for the words beside the vector: OCR and captions.
 
-The same discipline as the CLIP pool (`pool.py`), in a smaller form, and the same thread
+The same discipline as the CLIP pool (`pool.py`), in a smaller form, under the same thread
 supervision (`supervisor.py`: named threads, a watcher tick, a readiness wait, one stop):
-one bounded queue,
-each queued item with its own future; a full queue fails fast (`Overloaded`); every caller
-waits with a deadline (`EngineTimeout`); a model call that fails on one item fails only that
-item's request; the work runs in threads of its own, never on the event loop. Each worker
-loads and warms its own model copy in its thread; `ready` once all are warm.
+one bounded queue, each queued item with its own future; a full queue fails fast
+(`Overloaded`); every caller waits with a deadline (`EngineTimeout`); a model call that
+fails on one item fails only that item's request; the work runs in threads of its own,
+never on the event loop. Each worker loads and warms its own model copy in its thread;
+`ready` once all are warm. Unlike the encoder pool, a worker that dies is not restarted.
 
     pool = WorkerPool("ocr", load=OcrModel.load, workers=2, max_batch=1, max_queue=64,
                       timeout_s=30, events=events)
