@@ -30,17 +30,13 @@ from pathlib import Path
 
 from app.config import Settings
 from app.engine import clip
-from app.engine.cache import (
-    EmbeddingCache,
-    ImageEmbedding,
-    WordsCache,
-    build_backends,
-    namespace_of,
-)
+from app.engine.cache import EmbeddingCache, ImageEmbedding, WordsCache, namespace_of
+from app.engine.cache_backends import build_backends
 from app.engine.cache_scope import CacheScope
 from app.engine.caption import Captioner
 from app.engine.describe import ImageDescription, ImageWords, WordsOptions, build_labeler
 from app.engine.engine_events import MetricsPoolEvents, MetricsWorkerEvents, watch
+from app.engine.gpu_decode import gpu_jpeg_decoder
 from app.engine.image_pipeline import ImageBytes, ImagePipeline
 from app.engine.labels import Labeler
 from app.engine.ocr import OcrModel, ocr_identity
@@ -260,9 +256,7 @@ class Engine:
         )
         pool.start()
         if settings.gpu_decode:
-            self._images.use_device_decoder(
-                clip.gpu_jpeg_decoder(encoders[0].name, encoders[0].spec)
-            )
+            self._images.use_device_decoder(gpu_jpeg_decoder(encoders[0].name, encoders[0].spec))
         self.attach_pool(pool)
         logger.info("encoder loaded; warming up", extra={"devices": pool.devices})
         if self._words.captions is not None:

@@ -4,7 +4,7 @@ OCR and caption pools' runs and failures (the engine hands these to the pools it
 from __future__ import annotations
 
 from app.engine.image_pipeline import ImageBytes
-from app.engine.pool import BatchReport, PoolEvents
+from app.engine.pool_jobs import BatchReport, PoolEvents
 from app.engine.workers import WorkerEvents, WorkerPool
 from app.metrics import Metrics
 
