@@ -16,7 +16,7 @@ from pathlib import Path
 
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 # The default shape, by measurement (bench/ocr_cores.py, bench/results/ocr-cores.md): on 2
-# busy cores one onnxruntime thread per worker read 2.3x the images per second of one worker
+# busy cores one onnxruntime thread per worker read 2.3-2.6x the images per second of one worker
 # with two threads (intra-op threads wait on each other when the cores are shared), and two
 # single-threaded workers about as many as one. A worker per two cores leaves the other half
 # to CLIP, preprocessing and the event loop, and keeps one OCR model copy per two cores.
