@@ -30,6 +30,7 @@ from PIL import Image
 
 from app.engine.deadline import Deadline
 from app.engine.image_pipeline import ImageBytes
+from app.engine.ocr_gate import GATE_SIDE, OnSkip
 from app.engine.ocr_steps import OcrSteps, drain
 
 logger = logging.getLogger(__name__)
@@ -46,25 +47,40 @@ UNCLIP_RATIO = 2.0
 Decode = Callable[[bytes, str], Image.Image]
 
 
-def ocr_identity() -> str:
+def ocr_identity(gate_side: int = GATE_SIDE) -> str:
     """What decides the text for given bytes: the engine's version and its settings."""
     return (
         f"rapidocr-onnxruntime@{metadata.version('rapidocr-onnxruntime')}"
-        f"|max_side={MAX_SIDE}|unclip={UNCLIP_RATIO}"
+        f"|max_side={MAX_SIDE}|unclip={UNCLIP_RATIO}|gate={gate_side}"
     )
 
 
 class OcrModel:
     """One RapidOCR instance (three ONNX sessions). Not thread-safe: one per worker."""
 
-    def __init__(self, engine: Any, decode: Decode, max_boxes: int = 200) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        decode: Decode,
+        max_boxes: int = 200,
+        *,
+        gate_side: int = GATE_SIDE,
+        on_skip: OnSkip | None = None,
+    ) -> None:
         self._engine = engine
         self._decode = decode
-        self._steps = OcrSteps(engine, max_boxes=max_boxes)
+        self._steps = OcrSteps(engine, max_boxes=max_boxes, gate_side=gate_side, on_skip=on_skip)
 
     @classmethod
     def load(
-        cls, *, threads: int, decode: Decode, use_cuda: bool = False, max_boxes: int = 200
+        cls,
+        *,
+        threads: int,
+        decode: Decode,
+        use_cuda: bool = False,
+        max_boxes: int = 200,
+        gate_side: int = GATE_SIDE,
+        on_skip: OnSkip | None = None,
     ) -> OcrModel:
         from rapidocr_onnxruntime import RapidOCR
 
@@ -81,7 +97,7 @@ class OcrModel:
             cls_use_cuda=use_cuda,
             rec_use_cuda=use_cuda,
         )
-        return cls(engine, decode, max_boxes)
+        return cls(engine, decode, max_boxes, gate_side=gate_side, on_skip=on_skip)
 
     def warm_up(self) -> None:
         blank = np.full((32, 96, 3), 255, dtype=np.uint8)
@@ -100,7 +116,7 @@ class OcrModel:
         """The reading of one image as steps (decode, detection, then a few lines at a
         time): each `next()` runs one; the pool interleaves the steps of several images
         and drops an image past its deadline between two (`workers.py`)."""
-        image = self._decode(item.data, item.param)
+        image = item.decode_with(self._decode)
         yield
         return (yield from self._read_steps(image, deadline))
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.engine.engine import OCR_NOT_READ
+from app.engine.describe import OCR_NOT_READ
 from tests.helpers import (
     DEJAVU,
     DRY_RUN,
