@@ -25,7 +25,8 @@ from fastapi import FastAPI
 from app.api import chat, embeddings, health, messages, models, responses
 from app.api.admission import Admission, AdmissionMiddleware
 from app.api.auth import ClientAuthMiddleware, key_digests
-from app.api.body_limit import BodyBudget, BodyLimitMiddleware
+from app.api.body_budget import BodyBudget
+from app.api.body_limit import BodyLimitMiddleware
 from app.api.cors import Cors
 from app.api.docs import docs_router
 from app.api.errors import install_error_handlers
@@ -106,11 +107,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             prompt_format=settings.prompt_format.value,
         )
     )
+    budget = BodyBudget(settings.max_inflight_body_bytes)
+    metrics.body_bytes_held.set_function(lambda: budget.held)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         timeout_s=settings.body_timeout_s,
-        budget=BodyBudget(settings.max_inflight_body_bytes),
+        budget=budget,
     )
     # Reliability and auth (outermost last): auth, then shedding/draining, then body limit.
     app.state.admission = admission  # for `clip-proxy serve`'s DrainingServer

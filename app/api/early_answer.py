@@ -33,15 +33,18 @@ async def answer_before_body(answer: ASGIApp, scope: Scope, receive: Receive, se
 
     async def closing(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = [
-                (name, value)
-                for name, value in message.get("headers", [])
-                if name.lower() != b"connection"
-            ]
-            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            message = with_connection_close(message)
         await send(message)
 
     await answer(scope, receive, closing)
+
+
+def with_connection_close(start: Message) -> Message:
+    """An `http.response.start` message that ends the connection after its response."""
+    headers = [
+        (name, value) for name, value in start.get("headers", []) if name.lower() != b"connection"
+    ]
+    return {**start, "headers": [*headers, (b"connection", b"close")]}
 
 
 async def drain(receive: Receive) -> int:
