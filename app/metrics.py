@@ -306,6 +306,13 @@ class Metrics:
             "MAX_INFLIGHT_BODY_BYTES; a declared Content-Length holds nothing until it arrives)",
             registry=r,
         )
+        self.lingering_closes = Counter(
+            "clip_proxy_lingering_closes",
+            "Answers sent before the request body was read, after the rest of it was read and "
+            "dropped (lingering close), by the answer's error code",
+            ["reason"],
+            registry=r,
+        )
         self.requests_refused = Counter(
             "clip_proxy_requests_refused",
             "Requests refused at the door: shed (overloaded) or draining",

@@ -27,8 +27,7 @@ import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.body_budget import BodyBudget
-from app.api.early_answer import answer_before_body, drain, with_connection_close
-from app.api.errors import error_response
+from app.api.early_answer import Lingering, with_connection_close
 from app.errors import Overloaded, PayloadTooLarge, ProxyError, RequestTimeout
 from app.ingest.limits import body_too_large
 
@@ -40,11 +39,13 @@ class BodyLimitMiddleware:
         max_bytes: int,
         timeout_s: float = 60.0,
         budget: BodyBudget | None = None,
+        lingering: Lingering | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.budget = budget or BodyBudget(0)
+        self.lingering = lingering or Lingering()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,7 +64,7 @@ class BodyLimitMiddleware:
                     "CLIP_PROXY_MAX_INFLIGHT_BODY_BYTES)"
                 )
         except ProxyError as error:
-            await answer_before_body(error_response(error), scope, receive, send)
+            await self.lingering.answer(error, scope, receive, send)
             return
         hold = self.budget.hold()
         received = 0
@@ -77,7 +78,7 @@ class BodyLimitMiddleware:
             nonlocal complete, closing
             hold.release()
             if more:
-                await drain(receive)
+                await self.lingering.drain(receive, error)
                 closing = True
             complete = True
             return error
