@@ -1,19 +1,25 @@
 """The body memory budget holds bytes, not promises, on a real `clip-proxy serve`: a
 declared Content-Length reserves nothing until its bytes arrive, `clip_proxy_body_bytes_held`
 shows the bytes actually held, and a body whose arriving bytes do not fit is answered 503
-`memory_budget` (readable, with `Connection: close`) only then."""
+`memory_budget` (readable, with `Connection: close`) only then. A burst of 32 clients with
+~19 MB data URLs against a 256 MiB budget: every one reads an answer, none a reset."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.helpers import metric_value
 from tests.operations.test_front_door import HELLO, MiB, Served, connect, read_reply
@@ -125,3 +131,54 @@ def read_until_answer(sock: socket.socket) -> bytes:
         if first.startswith(b"HTTP/1.1 "):
             return first
     return read_reply(sock)
+
+
+def noise_png_chat_body(raw_bytes: int) -> bytes:
+    """A chat body with one data-URL PNG of noise of about `raw_bytes` (noise does not
+    compress: the PNG is about 3 bytes a pixel)."""
+    side = int((raw_bytes / 3) ** 0.5)
+    pixels = np.random.default_rng(7).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
+    url = b"data:image/png;base64," + base64.b64encode(buffer.getvalue())
+    return (
+        b'{"messages":[{"role":"user","content":[{"type":"text","text":"what is this?"},'
+        b'{"type":"image_url","image_url":{"url":"' + url + b'"}}]}]}'
+    )
+
+
+def post_body(url: str, body: bytes) -> httpx.Response | Exception:
+    try:
+        return httpx.post(
+            url + CHAT, content=body, headers={"content-type": "application/json"}, timeout=120
+        )
+    except httpx.HTTPError as error:  # a reset: the answer was lost
+        return error
+
+
+def test_a_burst_of_large_data_urls_gets_answers_not_resets(
+    serve: Callable[..., Served],
+) -> None:
+    served = serve(max_inflight_body_bytes=256 * MiB)
+    body = noise_png_chat_body(14 * 1000 * 1000)  # ~18.7 MB as base64: 32 ask 2.3 budgets
+    assert 18 * 1000 * 1000 < len(body) < 20 * MiB
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda _: post_body(served.url, body), range(32)))
+    errors = [answer for answer in answers if isinstance(answer, Exception)]
+    assert not errors, f"{len(errors)} of 32 clients got a connection error: {errors[:3]!r}"
+    responses = [answer for answer in answers if isinstance(answer, httpx.Response)]
+    codes = sorted(response.status_code for response in responses)
+    print(
+        f"32 x {len(body) / 1e6:.1f} MB, 256 MiB budget: {codes.count(200)} x 200, "
+        f"{codes.count(503)} x 503"
+    )
+    assert set(codes) <= {200, 503}, [
+        r.text[:200] for r in responses if r.status_code not in (200, 503)
+    ]
+    assert codes.count(200) >= 1
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["retry-after"] == "1"
+            assert response.json()["error"]["code"] == "memory_budget"
+            assert response.headers["connection"] == "close"
+    assert wait_for_held(served, 0) == 0
