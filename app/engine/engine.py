@@ -39,6 +39,7 @@ from app.engine import clip
 from app.engine.cache import (
     EmbeddingCache,
     ImageEmbedding,
+    RedisBackend,
     WordsCache,
     build_backends,
     namespace_of,
@@ -118,7 +119,9 @@ class Engine:
         for scoped in (cache, self._ocr_cache, self._caption_cache, self.document_pages):
             scoped.scope = self._scope
         # Images whose OCR passed its deadline: not read again for a while.
-        self._ocr_failures = FailureMemory(settings.ocr_failure_ttl_s)
+        # In Redis too when the caches have one: another replica does not read it again.
+        redis = next((b for b in cache.backend_list if isinstance(b, RedisBackend)), None)
+        self._ocr_failures = FailureMemory(settings.ocr_failure_ttl_s, shared=redis)
         metrics.encoder_queue_depth.set_function(lambda: images.queue_depth)
         metrics.encoder_workers_ready.set_function(lambda: images.workers_ready)
         for pool in (ocr, captions):
@@ -377,13 +380,13 @@ class Engine:
         if self._ocr is None:
             return ""
         key = self._ocr_cache.key(image.sha256)  # the tenant's own, like the cache entry
-        if self._ocr_failures.recalls(key):
+        if await self._ocr_failures.recalls(key):
             self._metrics.words_errors.labels(kind="ocr", reason="remembered").inc()
             return OCR_NOT_READ
         try:
             return await self._words(self._ocr, self._ocr_cache, image)
         except EngineTimeout:
-            self._ocr_failures.remember(key)
+            await self._ocr_failures.remember(key)
             raise
 
     def _labels(self, embedding: ImageEmbedding) -> str:
