@@ -13,7 +13,9 @@ nothing holds nothing. It has one trap of its own: many bodies each part-way in 
 budget between them, every one waiting for room that only another's completion would free.
 When every byte held belongs to a waiter, nothing can free room but a refusal, so the
 waiter holding least is refused at once (its bytes go to the others) instead of all of them
-waiting out `wait_s` together: under a burst, some bodies complete instead of none.
+waiting out `wait_s` together; and once the body furthest in has waited a quarter of
+`wait_s`, the one least far in gives way to it too. Under a burst, bodies complete in turn
+instead of all of them timing out part-way in.
 
     budget = BodyBudget(256 * 1024 * 1024)
     hold = budget.hold()
@@ -32,6 +34,8 @@ from app.errors import Overloaded
 # How long a chunk may wait for room in the budget before 503: long enough for a burst of
 # large images to pass through, short enough that a client retries elsewhere.
 BUDGET_WAIT_S = 2.0
+# The share of that wait after which the body furthest in takes room from one less far in.
+PATIENCE = 0.25
 
 
 class BodyHold:
@@ -55,6 +59,7 @@ class _Waiter:
     granted: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    since: float = field(default_factory=lambda: asyncio.get_running_loop().time())
 
 
 class BodyBudget:
@@ -90,6 +95,9 @@ class BodyBudget:
         waiter = _Waiter(hold, size)
         self._waiters.append(waiter)
         self._settle()
+        # Looked at again once it has waited a while: then it may take room from a body
+        # less far in (`_settle`).
+        asyncio.get_running_loop().call_later(self.wait_s * PATIENCE, self._settle)
         try:
             await asyncio.wait_for(asyncio.shield(waiter.granted), self.wait_s)
         except TimeoutError:
@@ -121,19 +129,31 @@ class BodyBudget:
 
     def _settle(self) -> None:
         """Grant every waiter that fits, the body furthest in first (it is the nearest to
-        done, and a done body is served and gives its bytes back); then, while every byte
-        held belongs to a waiter (no one else can free room), refuse the waiter holding
-        least, and grant again."""
+        done, and a done body is served and gives its bytes back). Then refuse the waiter
+        holding least (its bytes go to the others) when every byte held belongs to a
+        waiter (no one else can free room), or when the body furthest in has waited
+        `PATIENCE` of the wait: bodies part-way in that would time out anyway give way
+        early to one that can finish."""
+        if not self.max_bytes:
+            return
+        now = asyncio.get_running_loop().time()
         while self._waiters:
             for waiter in sorted(self._waiters, key=lambda w: -w.hold.held):
                 if self.held + waiter.size <= self.max_bytes:
                     self._waiters.remove(waiter)
                     self._grant(waiter.hold, waiter.size)
                     waiter.granted.set_result(None)
-            holding = [waiter for waiter in self._waiters if waiter.hold.held > 0]
-            if len(holding) < 2 or sum(w.hold.held for w in holding) < self.held:
+            holding = sorted(
+                (waiter for waiter in self._waiters if waiter.hold.held > 0),
+                key=lambda waiter: waiter.hold.held,
+            )
+            if len(holding) < 2:
+                return
+            stuck = sum(waiter.hold.held for waiter in holding) >= self.held
+            impatient = now - holding[-1].since >= self.wait_s * PATIENCE
+            if not (stuck or impatient):
                 return  # someone not waiting holds bytes: its completion frees them
-            victim = min(holding, key=lambda waiter: waiter.hold.held)
+            victim = holding[0]
             self._waiters.remove(victim)
             self.held -= victim.hold.held
             victim.hold.held = 0

@@ -307,7 +307,10 @@ def test_memory_budget_bounds_peak_rss(serve: Any, send: Any) -> None:
         f"{growth / MiB:.1f} MiB"
     )
     assert set(codes) <= {200, 503}, codes
-    assert codes.count(200) >= 8  # the budget lets them through in turn
+    # The budget lets them through in turn. Bytes are held as they arrive (a declared
+    # length holds nothing), so a burst has bodies part-way in competing for room: fewer
+    # get through than when whole lengths were reserved up front (6 to 13 of 40 here).
+    assert codes.count(200) >= 4
     for response in responses:
         if response.status_code == 503:
             assert response.headers["retry-after"] == "1"

@@ -95,6 +95,26 @@ def test_when_every_byte_held_is_waiting_the_least_progressed_is_refused_at_once
     asyncio.run(scenario())
 
 
+def test_a_body_far_in_that_waits_takes_room_from_one_less_far_in() -> None:
+    async def scenario() -> None:
+        budget = BodyBudget(100, wait_s=2)  # patience: a quarter, 0.5 s
+        far, near_start, reading = budget.hold(), budget.hold(), budget.hold()
+        await far.grow(60)
+        await near_start.grow(30)
+        await reading.grow(10)  # full; `reading` is not waiting: it might free room
+        grow_far = asyncio.create_task(far.grow(10))
+        grow_near_start = asyncio.create_task(near_start.grow(10))
+        await asyncio.sleep(0.1)
+        assert not grow_far.done() and not grow_near_start.done()
+        # Past the patience the body least far in gives way, well before the 2 s wait.
+        await asyncio.wait_for(grow_far, 1.5)
+        with pytest.raises(Overloaded):
+            await asyncio.wait_for(grow_near_start, 0.1)
+        assert (far.held, near_start.held, budget.held) == (70, 0, 80)
+
+    asyncio.run(scenario())
+
+
 def test_zero_means_no_budget() -> None:
     async def scenario() -> None:
         budget = BodyBudget(0)
