@@ -19,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from app.engine.cache import CacheUnavailable, RedisBackend
+from app.engine.cache_backends import CacheUnavailable, RedisBackend
 
 # What a shared failure entry holds: its presence is the fact.
 _MARK = b"1"
