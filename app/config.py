@@ -275,6 +275,12 @@ class Settings(BaseSettings):
     max_inflight_body_bytes: int = Field(1024 * MiB, ge=0)
     # Requests in flight under /v1/ past which new ones get 503 + Retry-After; 0 = no limit.
     max_in_flight: int = Field(256, ge=0)
+    # An answer sent before the body was read (401, 413, 503) goes after the rest of the
+    # body is read and dropped, so the client reads it instead of a reset (nginx's lingering
+    # close): at most this long in all, this long of silence, and this many bytes.
+    lingering_time_s: float = Field(30.0, ge=0)
+    lingering_timeout_s: float = Field(5.0, gt=0)
+    lingering_max_bytes: int = Field(1024 * MiB, ge=0)
 
     # ---- Fetching image URLs: private and loopback targets are refused unless allowed here ----
     fetch_timeout_s: float = Field(5.0, gt=0)

@@ -25,9 +25,11 @@ from fastapi import FastAPI
 from app.api import chat, embeddings, health, messages, models, responses
 from app.api.admission import Admission, AdmissionMiddleware
 from app.api.auth import ClientAuthMiddleware, key_digests
-from app.api.body_limit import BodyBudget, BodyLimitMiddleware
+from app.api.body_budget import BodyBudget
+from app.api.body_limit import BodyLimitMiddleware
 from app.api.cors import Cors
 from app.api.docs import docs_router
+from app.api.early_answer import Lingering
 from app.api.errors import install_error_handlers
 from app.api.json_response import JsonResponse
 from app.api.observe import RequestObserver
@@ -106,20 +108,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             prompt_format=settings.prompt_format.value,
         )
     )
+    lingered = metrics.lingering_closes
+    lingering = Lingering(
+        time_s=settings.lingering_time_s,
+        timeout_s=settings.lingering_timeout_s,
+        max_bytes=settings.lingering_max_bytes,
+        on_close=lambda reason: lingered.labels(reason=reason).inc(),
+    )
+    budget = BodyBudget(settings.max_inflight_body_bytes)
+    metrics.body_bytes_held.set_function(lambda: budget.held)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         timeout_s=settings.body_timeout_s,
-        budget=BodyBudget(settings.max_inflight_body_bytes),
+        budget=budget,
+        lingering=lingering,
     )
     # Reliability and auth (outermost last): auth, then shedding/draining, then body limit.
     app.state.admission = admission  # for `clip-proxy serve`'s DrainingServer
-    app.add_middleware(AdmissionMiddleware, admission=admission)
+    app.add_middleware(AdmissionMiddleware, admission=admission, lingering=lingering)
     app.state.startup = Startup()
     app.add_middleware(
         ClientAuthMiddleware,
         keys=key_digests(settings.client_keys),
         protect_metrics=settings.metrics_require_auth,
+        lingering=lingering,
     )
     # Added last, so it runs first: the request id is bound before anything else runs.
     app.add_middleware(RequestObserver, metrics=metrics)

@@ -309,6 +309,20 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # The front door (app/api/body_limit.py, app/api/early_answer.py).
+        self.body_bytes_held = Gauge(
+            "clip_proxy_body_bytes_held",
+            "Bytes of request bodies arrived and held now, all requests together (bounded by "
+            "MAX_INFLIGHT_BODY_BYTES; a declared Content-Length holds nothing until it arrives)",
+            registry=r,
+        )
+        self.lingering_closes = Counter(
+            "clip_proxy_lingering_closes",
+            "Answers sent before the request body was read, after the rest of it was read and "
+            "dropped (lingering close), by the answer's error code",
+            ["reason"],
+            registry=r,
+        )
         self.requests_refused = Counter(
             "clip_proxy_requests_refused",
             "Requests refused at the door: shed (overloaded) or draining",

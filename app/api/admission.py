@@ -22,8 +22,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.early_answer import answer_before_body
-from app.api.errors import error_response
+from app.api.early_answer import Lingering
 from app.errors import Overloaded
 
 SHED_PREFIX = "/v1/"
@@ -65,9 +64,12 @@ def _ignore(reason: str) -> None:
 
 
 class AdmissionMiddleware:
-    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+    def __init__(
+        self, app: ASGIApp, admission: Admission, lingering: Lingering | None = None
+    ) -> None:
         self.app = app
         self.admission = admission
+        self.lingering = lingering or Lingering()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(SHED_PREFIX):
@@ -76,7 +78,7 @@ class AdmissionMiddleware:
         refusal = self.admission.refusal()
         if refusal is not None:
             self._refused(refusal)
-            await answer_before_body(error_response(refusal), scope, receive, send)
+            await self.lingering.answer(refusal, scope, receive, send)
             return
         admitted = False
 

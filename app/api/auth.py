@@ -19,8 +19,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.early_answer import answer_before_body
-from app.api.errors import error_response
+from app.api.early_answer import Lingering
 from app.errors import Unauthorized
 from app.observability.tenant import bound_client, key_identity
 
@@ -66,10 +65,17 @@ def bearer_token(scope: Scope) -> str | None:
 
 
 class ClientAuthMiddleware:
-    def __init__(self, app: ASGIApp, keys: list[bytes], protect_metrics: bool = False) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: list[bytes],
+        protect_metrics: bool = False,
+        lingering: Lingering | None = None,
+    ) -> None:
         self.app = app
         self.keys = keys
         self.protect_metrics = protect_metrics
+        self.lingering = lingering or Lingering()
 
     def _protects(self, path: str) -> bool:
         return (
@@ -106,4 +112,4 @@ class ClientAuthMiddleware:
         error = Unauthorized(
             "missing or invalid API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')"
         )
-        await answer_before_body(error_response(error), scope, receive, send)
+        await self.lingering.answer(error, scope, receive, send)

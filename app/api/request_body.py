@@ -133,27 +133,17 @@ def check_shape(raw: Any, limits: ChatLimits) -> None:
 
 
 async def read_body(request: Request) -> bytearray:
-    """The whole body, in one buffer sized from Content-Length when it is given.
+    """The whole body, in one buffer that grows as the bytes arrive.
 
     Not `request.body()`: that keeps the bytes on the request for as long as the route runs,
     so a data URL would be held as raw body, as parsed string and as decoded image at once.
-    The caller parses this buffer and drops it.
+    Not a buffer sized from Content-Length either: that holds the declared bytes before any
+    arrive (16 connections declaring 64 MiB and sending nothing would pin 1 GiB). Growing
+    does not copy: past 1 MiB the buffer has its own mapping
+    (`app/runtime/server.py: return_large_buffers_to_the_os`), which realloc extends in
+    place. The caller parses this buffer and drops it.
     """
-    declared = request.headers.get("content-length", "")
     buffer = bytearray()
-    if declared.isdigit():
-        # One allocation of the right size instead of repeated doubling (which holds the
-        # old and the new copy at each step).
-        buffer = bytearray(int(declared))
-        filled = 0
-        async for chunk in request.stream():
-            end = filled + len(chunk)
-            if end > len(buffer):
-                buffer.extend(b"\0" * (end - len(buffer)))  # a lying Content-Length
-            buffer[filled:end] = chunk
-            filled = end
-        del buffer[filled:]
-        return buffer
     async for chunk in request.stream():
         buffer += chunk
     return buffer

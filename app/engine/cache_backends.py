@@ -106,8 +106,9 @@ class RedisBackend:
         value = await self._call(self._client.get(key))
         return value if isinstance(value, bytes) else None
 
-    async def set(self, key: str, value: bytes) -> None:
-        await self._call(self._client.set(key, value, ex=self._ttl_s))
+    async def set(self, key: str, value: bytes, *, ttl_s: int | None = None) -> None:
+        """Stored for the cache's TTL, or `ttl_s` seconds when given."""
+        await self._call(self._client.set(key, value, ex=ttl_s or self._ttl_s))
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from app.engine.cache import ImageEmbedding, WordsCache
+from app.engine.cache_backends import RedisBackend
 from app.engine.engine_events import watch
 from app.engine.failure_memory import FailureMemory
 from app.engine.image_pipeline import ImageBytes, ImagePipeline, own_param
@@ -67,6 +68,7 @@ class ImageWords:
         *,
         ocr_cache: WordsCache,
         caption_cache: WordsCache,
+        failures_shared: RedisBackend | None = None,
         ocr: WorkerPool[ImageBytes, str] | None = None,
         captions: WorkerPool[ImageBytes, str] | None = None,
     ) -> None:
@@ -78,8 +80,9 @@ class ImageWords:
         self.ocr = ocr
         self.captions = captions
         self.labeler: Labeler | None = None  # set by the engine once computed
-        # Images whose OCR passed its deadline: not read again for a while.
-        self._ocr_failures = FailureMemory(options.ocr_failure_ttl_s)
+        # Images whose OCR passed its deadline: not read again for a while; in Redis too
+        # when the caches have one, so another replica does not read it again either.
+        self._ocr_failures = FailureMemory(options.ocr_failure_ttl_s, shared=failures_shared)
 
     def attach_ocr_pool(self, pool: WorkerPool[ImageBytes, str]) -> None:
         """Read text with `pool` (started); the one it replaces is stopped (tests)."""
@@ -135,13 +138,13 @@ class ImageWords:
         if self.ocr is None:
             return ""
         key = self.ocr_cache.key(image.sha256)  # the tenant's own, like the cache entry
-        if self._ocr_failures.recalls(key):
+        if await self._ocr_failures.recalls(key):
             self._metrics.words_errors.labels(kind="ocr", reason="remembered").inc()
             return OCR_NOT_READ
         try:
             return await self._words(self.ocr, self.ocr_cache, image)
         except EngineTimeout:
-            self._ocr_failures.remember(key)
+            await self._ocr_failures.remember(key)
             raise
 
     def _labels(self, embedding: ImageEmbedding) -> str:

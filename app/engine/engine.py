@@ -31,7 +31,7 @@ from pathlib import Path
 from app.config import Settings
 from app.engine import clip
 from app.engine.cache import EmbeddingCache, ImageEmbedding, WordsCache, namespace_of
-from app.engine.cache_backends import build_backends
+from app.engine.cache_backends import RedisBackend, build_backends
 from app.engine.cache_scope import CacheScope
 from app.engine.caption import Captioner
 from app.engine.describe import ImageDescription, ImageWords, WordsOptions, build_labeler
@@ -90,6 +90,9 @@ class Engine:
             ),
             ocr_cache=ocr_cache,
             caption_cache=caption_cache,
+            failures_shared=next(
+                (b for b in cache.backend_list if isinstance(b, RedisBackend)), None
+            ),
             ocr=ocr,
             captions=captions,
         )

@@ -37,7 +37,15 @@ HELLO = {"messages": [{"role": "user", "content": "hello"}]}
 class Served:
     """`python -m app.cli serve` in its own process, with these CLIP_PROXY_* settings."""
 
-    def __init__(self, model_dir: Path, upstream: FakeUpstream, **settings: Any) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        upstream: FakeUpstream,
+        *,
+        environ: dict[str, str | None] | None = None,
+        **settings: Any,
+    ) -> None:
+        """`environ`: more variables for the process (None removes one)."""
         self.port = free_port()
         env = os.environ | {
             "CLIP_PROXY_UPSTREAM_BASE_URL": upstream.base_url,
@@ -46,6 +54,11 @@ class Served:
             "CLIP_PROXY_LOG_LEVEL": "warning",
         }
         env |= {f"CLIP_PROXY_{name.upper()}": str(value) for name, value in settings.items()}
+        for name, value in (environ or {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1"]
         # Its log, for the failure message of a start that does not get ready.
         self.log = tempfile.NamedTemporaryFile(prefix="serve-", suffix=".log")  # noqa: SIM115
@@ -294,7 +307,10 @@ def test_memory_budget_bounds_peak_rss(serve: Any, send: Any) -> None:
         f"{growth / MiB:.1f} MiB"
     )
     assert set(codes) <= {200, 503}, codes
-    assert codes.count(200) >= 8  # the budget lets them through in turn
+    # The budget lets them through in turn. Bytes are held as they arrive (a declared
+    # length holds nothing), so a burst has bodies part-way in competing for room: fewer
+    # get through than when whole lengths were reserved up front (6 to 13 of 40 here).
+    assert codes.count(200) >= 4
     for response in responses:
         if response.status_code == 503:
             assert response.headers["retry-after"] == "1"

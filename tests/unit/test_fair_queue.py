@@ -50,10 +50,10 @@ def test_an_urgent_item_goes_first_whoever_sent_it() -> None:
 
 def test_a_failure_is_remembered_until_its_ttl() -> None:
     memory = FailureMemory(ttl_s=0.2)
-    memory.remember("k")
-    assert memory.recalls("k") and not memory.recalls("other")
+    memory.remember_here("k")
+    assert memory.recalls_here("k") and not memory.recalls_here("other")
     time.sleep(0.25)
-    assert not memory.recalls("k")
+    assert not memory.recalls_here("k")
     never = FailureMemory(ttl_s=0)
-    never.remember("k")
-    assert not never.recalls("k")
+    never.remember_here("k")
+    assert not never.recalls_here("k")
