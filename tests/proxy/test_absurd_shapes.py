@@ -58,6 +58,16 @@ def test_a_million_messages_do_not_stall_other_clients(proxy: ProxyServer) -> No
                 waits.append(time.monotonic() - started)
                 time.sleep(0.2)
 
+    # The machine's own jitter first: ten probes with nothing else sent, so that a loaded
+    # CI machine's scheduling delays are not read as the proxy's stall.
+    with httpx.Client(timeout=10) as client:
+        client.get(proxy.url + "/healthz")  # the connection, outside the measure
+        idle: list[float] = []
+        for _ in range(10):
+            started = time.monotonic()
+            client.get(proxy.url + "/healthz")
+            idle.append(time.monotonic() - started)
+            time.sleep(0.05)
     prober = threading.Thread(target=probe)
     prober.start()
     try:
@@ -73,8 +83,14 @@ def test_a_million_messages_do_not_stall_other_clients(proxy: ProxyServer) -> No
     assert reply.status_code == 400
     assert error_of(reply)["code"] == "too_many_messages"
     assert waits, "no /healthz probe ran"
-    # 200 ms on an idle machine; CLIP_PROXY_TEST_TIMEOUT_SCALE stretches it under load.
-    assert max(waits) < scaled(0.2), f"a /healthz probe waited {max(waits):.3f} s: {waits}"
+    # 200 ms on an idle machine. Load tolerated: three times the idle probes' worst (capped
+    # at 1 s, still far below the 5.8 s a parse on the loop stood still for), and
+    # CLIP_PROXY_TEST_TIMEOUT_SCALE stretches that on slower machines.
+    limit = scaled(min(1.0, max(0.2, 3 * max(idle))))
+    assert max(waits) < limit, (
+        f"a /healthz probe waited {max(waits):.3f} s (limit {limit:.3f} s, idle worst "
+        f"{max(idle):.3f} s): {waits}"
+    )
 
 
 def test_importing_the_proxy_turns_telemetry_off_before_onnx_runtime_loads() -> None:
