@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import app.engine.ocr as ocr
+import app.engine.ocr_models as ocr_models
 from bench.ocr import corpus, measure_accuracy, summarise
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -21,7 +21,7 @@ def main() -> None:
     samples = corpus()
     tables: dict[float, list[dict[str, Any]]] = {}
     for ratio in RATIOS:
-        ocr.UNCLIP_RATIO = ratio  # read by OcrModel.load
+        ocr_models.UNCLIP_RATIO = ratio  # read by RapidOcrEngine.load
         tables[ratio] = summarise(measure_accuracy(samples))
     lines = [
         "# OCR: box growth 1.6 (RapidOCR's default) vs 2.0 (clip-proxy's)",

@@ -101,7 +101,7 @@ class Engine:
         self._ocr_cache = WordsCache(
             cache.backend_list, metrics, kind="ocr", prefix=settings.cache_key_prefix
         )
-        self._ocr_cache.bind(namespace_of(ocr_identity(), 1, "ocr"))
+        self._ocr_cache.bind(namespace_of(ocr_identity(settings.ocr_layout), 1, "ocr"))
         self._caption_cache = WordsCache(
             cache.backend_list, metrics, kind="caption", prefix=settings.cache_key_prefix
         )
@@ -155,6 +155,7 @@ class Engine:
                     decode=images.decode,
                     use_cuda=settings.ocr_device == "cuda",
                     max_boxes=settings.ocr_max_boxes,
+                    layout=settings.ocr_layout,
                 ),
                 workers=settings.ocr_workers,
                 max_queue=settings.ocr_queue_size,
@@ -463,7 +464,7 @@ def build_labeler(settings: Settings, text: ClipTextEncoder) -> Labeler:
 
 def document_identity(settings: Settings) -> str:
     """What decides a document page's words: PDFium's version, the rendering, the OCR."""
-    ocr = ocr_identity() if settings.ocr_enabled else "no-ocr"
+    ocr = ocr_identity(settings.ocr_layout) if settings.ocr_enabled else "no-ocr"
     return (
         f"pypdfium2@{metadata.version('pypdfium2')}|dpi={settings.document_render_dpi}"
         f"|px={settings.document_render_max_pixels}|{ocr}"

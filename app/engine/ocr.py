@@ -1,18 +1,18 @@
-"""The text in an image, read by RapidOCR (PP-OCRv4 detection + recognition, Chinese and
-English), whose wheel ships its ONNX models: it works offline.
+"""The text in an image, read by RapidOCR (PP-OCRv6 small detection + recognition, Chinese,
+English and more Latin-script languages), whose wheel ships its ONNX models: it works
+offline (`ocr_models.py`).
 
-The only module that imports rapidocr_onnxruntime. One `OcrModel` per worker thread
-(`workers.py`); each item is an image's bytes, decoded here, in the worker.
+One `OcrModel` per worker thread (`workers.py`); each item is an image's bytes, decoded
+here, in the worker.
 
     model = OcrModel.load(threads=1, decode=decode)
     [text] = model.run([ImageBytes(data, sha256, param)])     # "ERROR: connection refused\\n..."
 
-Detection sees the image with its longer side at most `max_side` pixels (960, PaddleOCR's
-own default; RapidOCR's "shorter side at least 736" upscales a 60-px-high screenshot twelve
-times and took 20 s on it). Boxes are put back into reading order: boxes whose vertical
-centres are within half a line height of each other form a line, left to right, joined by
-a space; lines are joined by newlines. NFKC folds the full-width punctuation the Chinese
-model often writes (full-width commas and brackets) into ASCII.
+The recognised pieces are put back on the page by `ocr_layout.py` (`OCR_LAYOUT=layout`:
+indentation, columns, tables) or, with `plain`, in reading order as before: boxes whose
+vertical centres are within half a line height of each other form a line, left to right,
+joined by a space; lines are joined by newlines. NFKC folds the full-width punctuation the
+Chinese model often writes (full-width commas and brackets) into ASCII.
 """
 
 from __future__ import annotations
@@ -22,70 +22,57 @@ import math
 import unicodedata
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from importlib import metadata
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
 from app.engine.deadline import Deadline
 from app.engine.image_pipeline import ImageBytes
-from app.engine.ocr_steps import OcrSteps, drain
+from app.engine.ocr_layout import layout_text
+from app.engine.ocr_models import MAX_SIDE, UNCLIP_RATIO, RapidOcrEngine, models_identity
+from app.engine.ocr_steps import OcrEngine, OcrSteps, drain
 
 logger = logging.getLogger(__name__)
 
-MAX_SIDE = 960
 # Recognised pieces scoring below this are left out (RapidOCR's own default).
 MIN_SCORE = 0.5
-# How far a detected text box is grown before the line is cropped for recognition. RapidOCR's
-# 1.6 crops English lines so tightly that the recogniser drops the spaces between words
-# ("ERROR:connectionrefusedonport5432"); 2.0 keeps them (bench/results/ocr.md).
-UNCLIP_RATIO = 2.0
-
 
 Decode = Callable[[bytes, str], Image.Image]
+Layout = Literal["layout", "plain"]
 
 
-def ocr_identity() -> str:
-    """What decides the text for given bytes: the engine's version and its settings."""
-    return (
-        f"rapidocr-onnxruntime@{metadata.version('rapidocr-onnxruntime')}"
-        f"|max_side={MAX_SIDE}|unclip={UNCLIP_RATIO}"
-    )
+def ocr_identity(layout: Layout = "layout") -> str:
+    """What decides the text for given bytes: the models, their settings, the layout."""
+    return f"{models_identity()}|max_side={MAX_SIDE}|unclip={UNCLIP_RATIO}|{layout}"
 
 
 class OcrModel:
-    """One RapidOCR instance (three ONNX sessions). Not thread-safe: one per worker."""
+    """One OCR engine (two ONNX sessions). Not thread-safe: one per worker."""
 
-    def __init__(self, engine: Any, decode: Decode, max_boxes: int = 200) -> None:
+    def __init__(
+        self, engine: OcrEngine, decode: Decode, max_boxes: int = 200, layout: Layout = "layout"
+    ) -> None:
         self._engine = engine
         self._decode = decode
         self._steps = OcrSteps(engine, max_boxes=max_boxes)
+        self._layout = layout
 
     @classmethod
     def load(
-        cls, *, threads: int, decode: Decode, use_cuda: bool = False, max_boxes: int = 200
+        cls,
+        *,
+        threads: int,
+        decode: Decode,
+        use_cuda: bool = False,
+        max_boxes: int = 200,
+        layout: Layout = "layout",
     ) -> OcrModel:
-        from rapidocr_onnxruntime import RapidOCR
-
-        engine = RapidOCR(
-            # The 0/180-degree classifier is off: screenshots and documents arrive upright,
-            # and it turned a plain 20 px English line upside down (then read nothing).
-            use_cls=False,
-            det_limit_type="max",
-            det_limit_side_len=MAX_SIDE,
-            det_unclip_ratio=UNCLIP_RATIO,
-            intra_op_num_threads=threads,
-            inter_op_num_threads=1,
-            det_use_cuda=use_cuda,
-            cls_use_cuda=use_cuda,
-            rec_use_cuda=use_cuda,
-        )
-        return cls(engine, decode, max_boxes)
+        engine = RapidOcrEngine.load(threads=threads, use_cuda=use_cuda)
+        return cls(engine, decode, max_boxes, layout)
 
     def warm_up(self) -> None:
-        blank = np.full((32, 96, 3), 255, dtype=np.uint8)
-        self._engine(blank)
+        self._engine.warm_up()
 
     def run(self, items: Sequence[ImageBytes]) -> list[str | BaseException]:
         results: list[str | BaseException] = []
@@ -117,7 +104,8 @@ class OcrModel:
             for box, text, score in found
             if score >= MIN_SCORE and text.strip()
         ]
-        return unicodedata.normalize("NFKC", reading_order(pieces))
+        text = layout_text(pieces) if self._layout == "layout" else reading_order(pieces)
+        return unicodedata.normalize("NFKC", text)
 
 
 def reading_order(pieces: list[tuple[np.ndarray, str]]) -> str:
