@@ -53,12 +53,18 @@ class OcrModel:
     """One OCR engine (two ONNX sessions). Not thread-safe: one per worker."""
 
     def __init__(
-        self, engine: OcrEngine, decode: Decode, max_boxes: int = 200, layout: Layout = "layout"
+        self,
+        engine: OcrEngine,
+        decode: Decode,
+        max_boxes: int = 200,
+        layout: Layout = "layout",
+        min_score: float = MIN_SCORE,
     ) -> None:
         self._engine = engine
         self._decode = decode
         self._steps = OcrSteps(engine, max_boxes=max_boxes)
         self._layout = layout
+        self._min_score = min_score
 
     @classmethod
     def load(
@@ -104,7 +110,7 @@ class OcrModel:
         pieces = [
             (np.asarray(box, dtype=np.float64), text)
             for box, text, score in found
-            if score >= MIN_SCORE and text.strip()
+            if score >= self._min_score and text.strip()
         ]
         text = layout_text(pieces) if self._layout == "layout" else reading_order(pieces)
         return unicodedata.normalize("NFKC", text)
