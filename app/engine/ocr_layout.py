@@ -42,6 +42,8 @@ CELL_CHARS = 20
 PAD = 0.25
 # Offsets (in characters) this close to the least are the left edge's level.
 LEVEL_SPREAD = 0.6
+# How far (in characters) an offset may lie from a multiple of four to count as one.
+FOURS_SPREAD = 1.0
 # Measured there too: how far (in characters) a short box's centre sits left of its text's.
 SHORT_SHIFT = 0.2
 
@@ -95,12 +97,14 @@ def _deskew(pieces: Sequence[tuple[np.ndarray, str]]) -> list[_Piece]:
 
 @dataclass(frozen=True)
 class _Frame:
-    """What a column's lines are indented against: its character metrics and the left
-    edge of its leftmost lines (the mean of the text starts within `LEVEL_SPREAD`
-    characters of the least, so one stray box does not shift the rest)."""
+    """What a column's lines are indented against: its character metrics, the left edge of
+    its leftmost lines (the mean of the text starts within `LEVEL_SPREAD` characters of the
+    least, so one stray box does not shift the rest), and whether its indentation is in
+    steps of four."""
 
     metrics: _Metrics
     left: float
+    fours: bool
 
     @classmethod
     def of(cls, pieces: list[_Piece]) -> _Frame:
@@ -108,10 +112,20 @@ class _Frame:
         starts = [metrics.left(piece) for piece in pieces]
         least = min(starts)
         near = [start for start in starts if start - least <= LEVEL_SPREAD * metrics.width]
-        return cls(metrics, statistics.mean(near))
+        left = statistics.mean(near)
+        offsets = [(metrics.left(row[0]) - left) / metrics.width for row in _rows(pieces)]
+        # Code indented by four spaces a level: a measured offset is off by up to one
+        # character (a glyph's own margin, the width fitted from a few short lines), so
+        # offsets that all lie within one of a multiple of four are taken as multiples.
+        fours = any(offset >= 3 for offset in offsets) and all(
+            abs(offset - 4 * round(offset / 4)) <= FOURS_SPREAD for offset in offsets
+        )
+        return cls(metrics, left, fours)
 
     def indent(self, piece: _Piece) -> int:
-        return max(round((self.metrics.left(piece) - self.left) / self.metrics.width), 0)
+        offset = (self.metrics.left(piece) - self.left) / self.metrics.width
+        spaces = 4 * round(offset / 4) if self.fours else round(offset)
+        return max(spaces, 0)
 
 
 def _region(pieces: list[_Piece], frame: _Frame | None) -> list[str]:
