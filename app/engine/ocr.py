@@ -39,8 +39,9 @@ logger = logging.getLogger(__name__)
 # lines at 0.92 or more, a lone `}` on a tilted screenshot at 0.59-0.78 (RapidOCR's own cut
 # is 0.5).
 MIN_SCORE = 0.6
-# A box covering this share of the image or more is believed only from LARGE_MIN_SCORE: the
-# detector took a whole photo (tests/data/coffee.png) for one box and read it as "8" at 0.67.
+# A box covering this share of the image or more is believed only with two characters or
+# more and from LARGE_MIN_SCORE: the detector took a whole photo (tests/data/coffee.png)
+# for one box and read it as "8" (0.67 padded to 6.7:1, 0.93 as `ocr_models` pads).
 LARGE_BOX = 0.25
 LARGE_MIN_SCORE = 0.9
 
@@ -117,8 +118,11 @@ class OcrModel:
         pieces = []
         for box, text, score in found:
             points = np.asarray(box, dtype=np.float64)
-            large = _area(points) >= LARGE_BOX * area
-            if text.strip() and score >= (LARGE_MIN_SCORE if large else self._min_score):
+            if _area(points) >= LARGE_BOX * area:
+                believed = len(text.strip()) > 1 and score >= LARGE_MIN_SCORE
+            else:
+                believed = bool(text.strip()) and score >= self._min_score
+            if believed:
                 pieces.append((points, text))
         text = layout_text(pieces) if self._layout == "layout" else reading_order(pieces)
         return unicodedata.normalize("NFKC", text)
