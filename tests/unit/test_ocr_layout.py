@@ -112,3 +112,25 @@ def test_wide_characters_count_two_columns() -> None:
 
 def test_nothing_read_is_empty_text() -> None:
     assert layout_text([]) == ""
+
+
+def test_any_boxes_give_every_piece_once() -> None:
+    """Random boxes (tilted, overlapping, tiny, huge): each piece's text comes out once."""
+    random = np.random.default_rng(27)
+    for _ in range(300):
+        count = int(random.integers(1, 30))
+        pieces = []
+        for number in range(count):
+            x, y = random.uniform(0, 800, 2)
+            width, height = random.uniform(1, 400), random.uniform(1, 60)
+            points = np.array([[x, y], [x + width, y], [x + width, y + height], [x, y + height]])
+            angle = math.radians(random.uniform(-10, 10))
+            turn = np.array(
+                [[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]]
+            )
+            pieces.append((points @ turn, f"w{number}"))
+
+        text = layout_text(pieces)
+
+        words = text.replace("|", " ").split()
+        assert sorted(words) == sorted(f"w{number}" for number in range(count)), text
