@@ -43,7 +43,8 @@ from transformers import CLIPModel, CLIPProcessor
 from transformers.utils import logging as transformers_logging
 
 from app.config import Settings
-from app.engine.clip import ClipImageEncoder, resolve_dtype
+from app.engine.clip import ClipImageEncoder
+from app.engine.clip_options import resolve_dtype
 from app.engine.pool import EncoderPool
 from app.engine.preprocess import PreprocessSpec, preprocess
 from app.engine.test_model import VIT_L14_VISION, make_test_model

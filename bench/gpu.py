@@ -40,8 +40,10 @@ import numpy as np
 import torch
 from transformers.utils import logging as transformers_logging
 
-from app.engine.clip import ClipImageEncoder, gpu_jpeg_decoder
-from app.engine.pool import BatchReport, EncoderPool, PoolEvents
+from app.engine.clip import ClipImageEncoder
+from app.engine.gpu_decode import gpu_jpeg_decoder
+from app.engine.pool import EncoderPool
+from app.engine.pool_jobs import BatchReport, PoolEvents
 from app.engine.preprocess import BytePixels, PreprocessSpec, normalise, preprocess_uint8
 from app.engine.test_model import VIT_L14_VISION, make_test_model
 from app.ingest.sources import ImageLimits, decode_image, decode_image_at_least

@@ -7,7 +7,7 @@ recommended one), ViT-GPT2 (`VisionEncoderDecoderModel`), GIT. Images queued tog
 captioned in one `generate` batch (`workers.py` gathers them).
 
 Drives transformers without importing torch itself: the processor hands over tensors and
-`BatchFeature.to` moves and casts them (clip.py and text.py stay the only torch importers).
+`BatchFeature.to` moves and casts them (the clip modules and text.py stay the only torch importers).
 
     captioner = Captioner.load("Salesforce/blip-image-captioning-base", "cuda:0", decode)
     [caption] = captioner.run([ImageBytes(data, sha256, param)])    # "a dog running on the beach"

@@ -8,10 +8,8 @@ against 816 MiB for the whole CLIP), whose `image_embeds` is the vector
     encoder = ClipImageEncoder.load("openai/clip-vit-large-patch14", "cuda:0", "auto")
     vectors = encoder.encode(np.stack([preprocess(image, encoder.spec)]))
 
-Speed options (each measured in `bench/encoder.py`, see bench/results/):
-- dtype `auto`: fp16 on CUDA (SDPA attention); bf16 on a CPU with native bf16
-  (AVX512-BF16/AMX), else fp32 (the exact reference path; `float32` forces it).
-- `quantize="int8"`: dynamic int8 quantisation of the Linear layers, CPU only.
+Speed options (each measured in `bench/encoder.py`, see bench/results/; the dtype, int8
+and bucket rules live in `clip_options.py`):
 - `compile=True`: `torch.compile` the vision tower (slow first batch; warm-up pays it).
   On CUDA it compiles with static shapes over fixed batch buckets (1, 2, 4, ... max batch;
   a batch is padded up to its bucket, warm-up compiles each), and with `cuda_graphs=True`
@@ -22,22 +20,15 @@ float32's bytes and are normalised there. On CUDA the encoder also works in thre
 the pool pipelines (`stage` / `launch` / `collect`): the next batch is pinned and copied on
 a stream of its own while this one runs, and the vectors come back asynchronously.
 
-GPU decode (optional, `gpu_jpeg_decoder`): nvJPEG through torchvision, imported only when
-asked for; the CPU set-up never installs torchvision.
+GPU decode (optional) is `gpu_decode.py`'s.
 bitsandbytes 4-bit is not offered: it dequantises on every matmul and is slower for ViTs
 (bitsandbytes issue #604), whatever the seed claims.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
-import threading
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,15 +37,14 @@ import torch
 from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 from transformers.utils import logging as transformers_logging
 
+from app.engine.clip_options import batch_buckets, pad_to_bucket, quantize_int8, resolve_dtype
 from app.engine.nvml import normalise_uuid, nvml_memory_by_uuid
-from app.engine.preprocess import BytePixels, Pixels, PreprocessSpec, resized_size, stack
+from app.engine.preprocess import Pixels, PreprocessSpec
 from app.metrics import DeviceMemory, MemoryReading
 
 logger = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def resolve_devices(requested: list[str]) -> list[str]:
@@ -64,29 +54,6 @@ def resolve_devices(requested: list[str]) -> list[str]:
     if torch.cuda.is_available():
         return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
     return ["cpu"]
-
-
-def resolve_dtype(setting: str, device: str) -> torch.dtype:
-    """`auto`: fp16 on CUDA; bf16 on a CPU with native bf16 instructions; else fp32.
-
-    bf16 on such a CPU measured about 2x fp32 with cosine >= 0.9999 to the fp32 reference
-    (bench/results/encoder-cpu.md); without native support it is emulated and slower.
-    """
-    if setting != "auto":
-        return _DTYPES[setting]
-    if device.startswith("cuda"):
-        return torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo (Linux; elsewhere: no)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def load_preprocess_spec(source: str) -> PreprocessSpec:
@@ -308,102 +275,6 @@ class LaunchedBatch:
     vectors: torch.Tensor
     staged: StagedBatch
     done: Any = None  # torch.cuda.Event on CUDA
-
-
-def batch_buckets(max_batch: int) -> tuple[int, ...]:
-    """Powers of two up to `max_batch`, and `max_batch` itself: at most 2x padding."""
-    sizes = {1 << power for power in range(max_batch.bit_length()) if 1 << power <= max_batch}
-    return tuple(sorted(sizes | {max_batch}))
-
-
-def pad_to_bucket(pixels: Pixels, buckets: tuple[int, ...]) -> Pixels:
-    """`pixels` with zero images appended up to the smallest bucket that holds them."""
-    count = len(pixels)
-    target = next((size for size in buckets if size >= count), count)
-    if target == count:
-        return pixels
-    return stack([*pixels, *np.zeros((target - count, *pixels.shape[1:]), dtype=pixels.dtype)])
-
-
-def quantize_int8(model: torch.nn.Module, device: str) -> torch.nn.Module:
-    """Dynamic int8 quantisation of every Linear layer (weights int8, activations on the fly)."""
-    if not device.startswith("cpu"):
-        raise ValueError("int8 dynamic quantisation runs on the CPU only")
-    model = model.float()
-    with warnings.catch_warnings():
-        # torch.ao.quantization announces its move to torchao (DeprecationWarning, and a
-        # UserWarning per quantised tensor); the eager API still works in this torch.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        quantized: torch.nn.Module = torch.ao.quantization.quantize_dynamic(
-            model, {torch.nn.Linear}, dtype=torch.qint8
-        )
-    return quantized
-
-
-JpegDecoder = Callable[[bytes, int, int], BytePixels]
-
-
-def gpu_jpeg_decoder(device: str, spec: PreprocessSpec) -> JpegDecoder | None:
-    """A JPEG decoder on `device` (nvJPEG via torchvision) giving CHW uint8 crops, or None.
-
-    None, with a warning, where it cannot run: no CUDA device, or no torchvision. The
-    decoder raises on anything nvJPEG refuses (CMYK, odd subsampling...); the caller
-    decodes that image on the CPU instead. Arguments: the bytes and the upright full size
-    the header announced, checked against what nvJPEG produced.
-    """
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        logger.warning("GPU decode needs a CUDA device; images are decoded on the CPU")
-        return None
-    try:
-        # Optional and GPU-only: the CPU image does not install torchvision.
-        vision_io = importlib.import_module("torchvision.io")
-    except ImportError:
-        logger.warning("GPU decode needs torchvision; images are decoded on the CPU")
-        return None
-    decode_jpeg = vision_io.decode_jpeg
-    rgb = vision_io.ImageReadMode.RGB
-    target = torch.device(device)
-    # A stream per preprocessing thread: decodes neither wait for the model's stream nor
-    # for each other.
-    streams = threading.local()
-
-    def decode(data: bytes, width: int, height: int) -> BytePixels:
-        if not hasattr(streams, "stream"):
-            streams.stream = torch.cuda.Stream(target)
-        # bytearray: torch.frombuffer wants a writable buffer (it warns on bytes).
-        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        with torch.inference_mode(), torch.cuda.stream(streams.stream):
-            image = decode_jpeg(encoded, mode=rgb, device=target, apply_exif_orientation=True)
-            if tuple(image.shape[-2:]) != (height, width):
-                raise ValueError(f"nvJPEG gave {tuple(image.shape)}, the header {width}x{height}")
-            pixels: BytePixels = resize_and_crop_tensor(image, spec).cpu().numpy()
-            return pixels
-
-    return decode
-
-
-def resize_and_crop_tensor(image: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """CLIP's resize and centre crop on a (3, H, W) uint8 tensor, on its own device.
-
-    Bicubic with antialiasing, which torch implements to match PIL's resampling; the
-    result stays within cosine 0.9999 of `preprocess_uint8` (tests/unit).
-    """
-    if spec.crop > spec.size:
-        raise ValueError("a crop larger than the resize would need padding")
-    height, width = int(image.shape[-2]), int(image.shape[-1])
-    resized_width, resized_height = resized_size(width, height, spec.size)
-    resized = torch.nn.functional.interpolate(
-        image[None].float(),
-        size=(resized_height, resized_width),
-        mode="bicubic",
-        antialias=True,
-        align_corners=False,
-    )
-    top = (resized_height - spec.crop) // 2
-    left = (resized_width - spec.crop) // 2
-    cropped = resized[0, :, top : top + spec.crop, left : left + spec.crop]
-    return cropped.round().clamp(0, 255).to(torch.uint8)
 
 
 def gpu_memory() -> MemoryReading:

@@ -36,20 +36,17 @@ import numpy as np
 
 from app.config import Settings
 from app.engine import clip
-from app.engine.cache import (
-    EmbeddingCache,
-    ImageEmbedding,
-    WordsCache,
-    build_backends,
-    namespace_of,
-)
+from app.engine.cache import EmbeddingCache, ImageEmbedding, WordsCache, namespace_of
+from app.engine.cache_backends import build_backends
 from app.engine.cache_scope import CacheScope
 from app.engine.caption import Captioner
 from app.engine.failure_memory import FailureMemory
+from app.engine.gpu_decode import gpu_jpeg_decoder
 from app.engine.image_pipeline import ImageBytes, ImagePipeline, own_param
 from app.engine.labels import Labeler, ensemble, label_prompts, read_vocabulary
 from app.engine.ocr import OcrModel, ocr_identity
-from app.engine.pool import BatchReport, EncoderPool, PoolEvents
+from app.engine.pool import EncoderPool
+from app.engine.pool_jobs import BatchReport, PoolEvents
 from app.engine.preprocess import PREPROCESS_VERSION
 from app.engine.source import ModelUnavailable, check_model_source, describe_load_failure
 from app.engine.text import ClipTextEncoder, load_logit_scale, model_identity
@@ -270,9 +267,7 @@ class Engine:
         )
         pool.start()
         if settings.gpu_decode:
-            self._images.use_device_decoder(
-                clip.gpu_jpeg_decoder(encoders[0].name, encoders[0].spec)
-            )
+            self._images.use_device_decoder(gpu_jpeg_decoder(encoders[0].name, encoders[0].spec))
         self.attach_pool(pool)
         logger.info("encoder loaded; warming up", extra={"devices": pool.devices})
         if self._captions is not None:

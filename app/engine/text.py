@@ -22,7 +22,8 @@ from safetensors import safe_open
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.utils.hub import cached_file
 
-from app.engine.clip import Vectors, resolve_dtype
+from app.engine.clip import Vectors
+from app.engine.clip_options import resolve_dtype
 
 logger = logging.getLogger(__name__)
 

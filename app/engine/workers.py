@@ -1,10 +1,12 @@
 """A pool of model workers for the words beside the vector: OCR and captions.
 
-The same discipline as the CLIP pool (`pool.py`), in a smaller form: one bounded queue,
-each queued item with its own future; a full queue fails fast (`Overloaded`); every caller
-waits with a deadline (`EngineTimeout`); a model call that fails on one item fails only that
-item's request; the work runs in threads of its own, never on the event loop. Each worker
-loads and warms its own model copy in its thread; `ready` once all are warm.
+The same discipline as the CLIP pool (`pool.py`), in a smaller form, under the same thread
+supervision (`supervisor.py`: named threads, a watcher tick, a readiness wait, one stop):
+one bounded queue, each queued item with its own future; a full queue fails fast
+(`Overloaded`); every caller waits with a deadline (`EngineTimeout`); a model call that
+fails on one item fails only that item's request; the work runs in threads of its own,
+never on the event loop. Each worker loads and warms its own model copy in its thread;
+`ready` once all are warm. Unlike the encoder pool, a worker that dies is not restarted.
 
     pool = WorkerPool("ocr", load=OcrModel.load, workers=2, max_batch=1, max_queue=64,
                       timeout_s=30, events=events)
@@ -37,6 +39,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from app.engine.deadline import Deadline
 from app.engine.fair_queue import YIELD_SLACK_S, FairQueue
+from app.engine.supervisor import POLL_S, Supervisor
 from app.errors import EngineNotReady, EngineTimeout, ModelFailed, Overloaded, ProxyError
 from app.observability.tenant import current_client
 
@@ -47,7 +50,6 @@ Out = TypeVar("Out")
 In_contra = TypeVar("In_contra", contravariant=True)
 Out_co = TypeVar("Out_co", covariant=True)
 
-_POLL_S = 0.05
 # Images a worker has begun and interleaves at once (each holds its decoded pixels).
 _ACTIVE_PER_WORKER = 4
 
@@ -120,8 +122,8 @@ class WorkerPool(Generic[In, Out]):
         self._queue: FairQueue[_Job[In, Out]] = FairQueue(max_queue)
         self._active = 0  # jobs begun and not finished (holding a worker's time)
         self._running: dict[int, _Job[In, Out]] = {}  # the job each stepping worker is in
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads = Supervisor()
+        self._stop = self._threads.stopping
         self._ready_count = 0
         self._lock = threading.Lock()
         self.load_failed = False
@@ -145,31 +147,23 @@ class WorkerPool(Generic[In, Out]):
 
     def start(self) -> None:
         for index in range(self._workers):
-            thread = threading.Thread(target=self._work, name=f"{self.kind}-{index}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        watchdog = threading.Thread(target=self._watch, name=f"{self.kind}-preempt", daemon=True)
-        watchdog.start()
-        self._threads.append(watchdog)
+            self._threads.spawn(self._work, name=f"{self.kind}-{index}")
+        self._threads.every(self._watch, name=f"{self.kind}-preempt")
 
     def _watch(self) -> None:
         """While clients wait, a step of one that has used clearly more is preempted (a long
         step that began before the others had used anything is caught here)."""
-        while not self._stop.wait(_POLL_S):
-            if self._running:
-                for client in self._queue.waiting_clients():
-                    self._preempt_for(client)
+        if self._running:
+            for client in self._queue.waiting_clients():
+                self._preempt_for(client)
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
+        self._threads.stop(timeout_s=5)
 
     def wait_ready(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not self.ready and not self.load_failed and time.monotonic() < deadline:
-            time.sleep(_POLL_S)
-        return self.ready
+        return self._threads.wait_until(
+            lambda: self.ready, timeout_s, give_up=lambda: self.load_failed
+        )
 
     async def run(self, item: In) -> Out:
         """The model's answer for `item`, within the pool's deadline."""
@@ -227,7 +221,7 @@ class WorkerPool(Generic[In, Out]):
             return True
 
         while not self._stop.is_set():
-            taken = self._queue.take(lambda job: True, _POLL_S, new=is_new)
+            taken = self._queue.take(lambda job: True, POLL_S, new=is_new)
             if taken is None:
                 continue
             batch = [taken]
@@ -259,7 +253,7 @@ class WorkerPool(Generic[In, Out]):
             return job.steps is not None and (job.abandoned or job.deadline.expired())
 
         while not self._stop.is_set():
-            taken = self._queue.take(runnable, _POLL_S, new=is_new, urgent=to_drop)
+            taken = self._queue.take(runnable, POLL_S, new=is_new, urgent=to_drop)
             if taken is None:
                 continue
             client, job = taken

@@ -13,7 +13,8 @@ import httpx
 import numpy as np
 import openai
 
-from app.engine.cache import EmbeddingCache, ImageEmbedding, MemoryBackend, namespace_of
+from app.engine.cache import EmbeddingCache, ImageEmbedding, namespace_of
+from app.engine.cache_backends import MemoryBackend
 from app.metrics import Metrics
 from tests.helpers import (
     DATA,

@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from app.engine.clip import ClipImageEncoder
-from app.engine.pool import BatchReport, EncoderPool, PoolEvents
+from app.engine.pool import EncoderPool
+from app.engine.pool_jobs import BatchReport, PoolEvents
 from app.engine.preprocess import Pixels, PreprocessSpec, preprocess
 from app.errors import EncoderFailed, Overloaded
 from tests.helpers import (

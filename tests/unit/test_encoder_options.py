@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from app.engine.clip import ClipImageEncoder, cpu_has_native_bf16, resolve_dtype
+from app.engine.clip import ClipImageEncoder
+from app.engine.clip_options import cpu_has_native_bf16, resolve_dtype
 from app.engine.preprocess import preprocess
 from tests.helpers import DATA, PHOTOS, cosine
 

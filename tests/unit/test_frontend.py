@@ -16,12 +16,9 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil
 
-from app.engine.clip import (
-    ClipImageEncoder,
-    batch_buckets,
-    pad_to_bucket,
-    resize_and_crop_tensor,
-)
+from app.engine.clip import ClipImageEncoder
+from app.engine.clip_options import batch_buckets, pad_to_bucket
+from app.engine.gpu_decode import resize_and_crop_tensor
 from app.engine.preprocess import (
     PreprocessSpec,
     normalise,
