@@ -199,8 +199,9 @@ def _config() -> int:
         return 2
     rows = effective_settings(settings, os.environ)
     width = max(len(row.variable) for row in rows)
+    sources = max(len(row.source) for row in rows)
     for row in rows:
-        print(f"{row.variable.ljust(width)}  {row.source:<11}  {row.value}")
+        print(f"{row.variable.ljust(width)}  {row.source.ljust(sources)}  {row.value}")
     for name, close in unknown_variables(os.environ):
         hint = f" (did you mean {close}?)" if close else ""
         print(f"clip-proxy: no setting reads {name}{hint}", file=sys.stderr)

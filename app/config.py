@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from app.prompt.documents import DOCUMENT_FIELDS, PAGE_FIELDS, DocumentTemplates, check_template
 from app.prompt.protocol import PromptFormat, PromptPreset
 from app.prompt.rewrite import ImageTemplates, template_fields
+from app.runtime.cores import ocr_shape, usable_cores
 from app.upstream.forward_headers import NEVER_FORWARDED
 from app.vision.prompt import DEFAULT_PROMPT, prompt_fields
 from app.vision.spec import DescriberSpec, check_specs
@@ -70,6 +71,8 @@ class Settings(BaseSettings):
     )
 
     _client_keys: list[str] = PrivateAttr(default_factory=list)
+    # Settings left at 0 ("auto") and what was chosen for them from: {field: reason}.
+    _auto: dict[str, str] = PrivateAttr(default_factory=dict)
 
     # ---- The upstream: where requests go, how the hop behaves ----
     upstream_base_url: str = "https://api.lkeap.cloud.tencent.com/v1"
@@ -167,13 +170,17 @@ class Settings(BaseSettings):
     # OCR (RapidOCR, offline): its own pool beside CLIP; false: describe shows no text.
     ocr_enabled: bool = True
     ocr_max_chars: int = Field(2000, ge=0)
-    ocr_workers: int = Field(1, ge=1, le=64)
-    # onnxruntime threads per OCR worker.
-    ocr_threads: int = Field(2, ge=1, le=64)
+    # OCR worker threads (each its own model copy) and onnxruntime threads per worker;
+    # 0: chosen from the cores the process may use (app/runtime/cores.py, `auto_chosen`).
+    ocr_workers: int = Field(0, ge=0, le=64)
+    ocr_threads: int = Field(0, ge=0, le=64)
     # cuda needs onnxruntime-gpu installed in place of onnxruntime.
     ocr_device: Literal["cpu", "cuda"] = "cpu"
     ocr_queue_size: int = Field(64, ge=1, le=100_000)
     ocr_timeout_s: float = Field(30.0, gt=0)
+    # The no-text gate: an image larger than this (longer side, px) is first detected at
+    # this size, and not read when no text box shows (app/engine/ocr_gate.py); 0: off.
+    ocr_gate_side: int = Field(640, ge=0, le=4096)
     # Text boxes recognised per image (top to bottom): the work per image, bounded up front.
     ocr_max_boxes: int = Field(200, ge=1, le=10_000)
     # layout: indentation, columns and tables rebuilt from the boxes; plain: lines in order.
@@ -391,6 +398,23 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"CLIP_PROXY_{str(info.field_name).upper()}: no file at {value}")
         return value
+
+    @model_validator(mode="after")
+    def _choose_ocr_shape(self) -> Settings:
+        if self.ocr_workers and self.ocr_threads:
+            return self
+        cores = usable_cores()
+        workers, threads = ocr_shape(cores)
+        for field, value in (("ocr_workers", workers), ("ocr_threads", threads)):
+            if not getattr(self, field):
+                setattr(self, field, value)
+                self._auto[field] = f"auto: {cores} usable cores"
+        return self
+
+    @property
+    def auto_chosen(self) -> dict[str, str]:
+        """Settings chosen by the process (left at 0): field -> what they were chosen from."""
+        return dict(self._auto)
 
     @model_validator(mode="after")
     def _check_client_cert(self) -> Settings:

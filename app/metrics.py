@@ -246,6 +246,16 @@ class Metrics:
             buckets=_IMAGE_BUCKETS,
             registry=r,
         )
+        self.image_decodes = Counter(
+            "clip_proxy_image_decodes",
+            "Images decoded from their bytes, by scale: full (shared by CLIP, OCR and the "
+            "captioner on a describe miss), reduced (CLIP alone, a JPEG scaled in libjpeg), "
+            "device (nvJPEG)",
+            ["scale"],
+            registry=r,
+        )
+        for scale in ("full", "reduced", "device"):
+            self.image_decodes.labels(scale=scale)
         self.preprocess = Histogram(
             "clip_proxy_preprocess_seconds",
             "Time to resize, crop and normalise one image for CLIP",
@@ -313,6 +323,14 @@ class Metrics:
             buckets=_ENCODE_BUCKETS,
             registry=r,
         )
+        self.ocr_skipped = Counter(
+            "clip_proxy_ocr_skipped",
+            "Images whose text recognition was skipped, by reason: no_text (the detector "
+            "found no text box on the image shrunk to OCR_GATE_SIDE: a photo without text)",
+            ["reason"],
+            registry=r,
+        )
+        self.ocr_skipped.labels(reason="no_text")
         self.caption_duration = Histogram(
             "clip_proxy_caption_duration_seconds",
             "Time to caption one batch of images",

@@ -60,7 +60,7 @@ class Captioner:
         slots: list[int] = []
         for item in items:
             try:
-                images.append(self._decode(item.data, item.param))
+                images.append(item.decode_with(self._decode))
                 slots.append(len(results))
                 results.append("")
             except Exception as exc:  # an image that does not decode fails alone

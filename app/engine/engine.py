@@ -13,8 +13,7 @@ model, a pool or a cache:
     vectors, tokens = await engine.embed_texts(["a photo of a dog"])
     await engine.aclose()
 
-The words are computed beside the vector, concurrently, each cached by the image's content
-(memory, then Redis) so replicas and later turns reuse them.
+The words (labels, tags, OCR, captions) are `describe.py`'s, computed beside the vector.
 
 Until a model is loaded, a call that needs it raises `EngineNotReady` (503 + Retry-After),
 the one "not ready" answer of every part of the engine.
@@ -24,15 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-
-import numpy as np
 
 from app.config import Settings
 from app.engine import clip
@@ -40,36 +34,23 @@ from app.engine.cache import EmbeddingCache, ImageEmbedding, WordsCache, namespa
 from app.engine.cache_backends import build_backends
 from app.engine.cache_scope import CacheScope
 from app.engine.caption import Captioner
-from app.engine.failure_memory import FailureMemory
+from app.engine.describe import ImageDescription, ImageWords, WordsOptions, build_labeler
+from app.engine.engine_events import MetricsPoolEvents, MetricsWorkerEvents, watch
 from app.engine.gpu_decode import gpu_jpeg_decoder
-from app.engine.image_pipeline import ImageBytes, ImagePipeline, own_param
-from app.engine.labels import Labeler, ensemble, label_prompts, read_vocabulary
+from app.engine.image_pipeline import ImageBytes, ImagePipeline
+from app.engine.labels import Labeler
 from app.engine.ocr import OcrModel, ocr_identity
 from app.engine.pool import EncoderPool
-from app.engine.pool_jobs import BatchReport, PoolEvents
 from app.engine.preprocess import PREPROCESS_VERSION
 from app.engine.source import ModelUnavailable, check_model_source, describe_load_failure
 from app.engine.text import ClipTextEncoder, load_logit_scale, model_identity
 from app.engine.text_pipeline import TextPipeline, Vectors
-from app.engine.workers import WorkerEvents, WorkerPool
-from app.errors import EngineTimeout, ProxyError
+from app.engine.workers import WorkerPool
 from app.ingest.fetch import SafeFetcher
 from app.ingest.sources import ImageLimits, ImageSource
 from app.metrics import MemoryReading, Metrics
-from app.observability.request_context import note_stage
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ImageDescription:
-    """One image as the prompt may show it: its embedding and the words found for it."""
-
-    embedding: ImageEmbedding
-    labels: str = ""  # the {labels} of the seed templates (LABELS_TOP_K)
-    tags: str = ""  # the describe preset's tags (DESCRIBE_TAGS_*)
-    ocr: str | None = None  # the text in the image, in reading order; None: no OCR ran
-    caption: str = ""
 
 
 class Engine:
@@ -91,18 +72,29 @@ class Engine:
         self._texts = texts
         self._cache = cache
         self._metrics = metrics
-        self._labeler: Labeler | None = None
         self._dtype = ""
-        self._ocr = ocr
-        self._captions = captions
-        self._ocr_cache = WordsCache(
-            cache.backend_list, metrics, kind="ocr", prefix=settings.cache_key_prefix
+        ocr_cache, caption_cache = (
+            WordsCache(cache.backend_list, metrics, kind=kind, prefix=settings.cache_key_prefix)
+            for kind in ("ocr", "caption")
         )
-        self._ocr_cache.bind(namespace_of(ocr_identity(settings.ocr_layout), 1, "ocr"))
-        self._caption_cache = WordsCache(
-            cache.backend_list, metrics, kind="caption", prefix=settings.cache_key_prefix
+        ocr_cache.bind(
+            namespace_of(ocr_identity(settings.ocr_layout, settings.ocr_gate_side), 1, "ocr")
         )
-        self._caption_cache.bind(namespace_of(f"{settings.caption_model}", 1, "caption"))
+        caption_cache.bind(namespace_of(f"{settings.caption_model}", 1, "caption"))
+        self._words = ImageWords(
+            images,
+            metrics,
+            WordsOptions(
+                labels_top_k=settings.labels_top_k,
+                tags_top_k=settings.describe_tags_top_k,
+                tags_min_score=settings.describe_tags_min_score,
+                ocr_failure_ttl_s=settings.ocr_failure_ttl_s,
+            ),
+            ocr_cache=ocr_cache,
+            caption_cache=caption_cache,
+            ocr=ocr,
+            captions=captions,
+        )
         # Pages of documents (app/documents), by the file's SHA-256 and the page number.
         self.document_pages = WordsCache(
             cache.backend_list, metrics, kind="document", prefix=settings.cache_key_prefix
@@ -112,15 +104,13 @@ class Engine:
         self._scope = CacheScope.from_setting(
             settings.cache_scope, keys_set=bool(settings.client_keys)
         )
-        for scoped in (cache, self._ocr_cache, self._caption_cache, self.document_pages):
+        for scoped in (cache, ocr_cache, caption_cache, self.document_pages):
             scoped.scope = self._scope
-        # Images whose OCR passed its deadline: not read again for a while.
-        self._ocr_failures = FailureMemory(settings.ocr_failure_ttl_s)
         metrics.encoder_queue_depth.set_function(lambda: images.queue_depth)
         metrics.encoder_workers_ready.set_function(lambda: images.workers_ready)
         for pool in (ocr, captions):
             if pool is not None:
-                _watch(metrics, pool)
+                watch(metrics, pool)
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics, fetcher: SafeFetcher) -> Engine:
@@ -153,6 +143,8 @@ class Engine:
                     use_cuda=settings.ocr_device == "cuda",
                     max_boxes=settings.ocr_max_boxes,
                     layout=settings.ocr_layout,
+                    gate_side=settings.ocr_gate_side,
+                    on_skip=lambda reason: metrics.ocr_skipped.labels(reason=reason).inc(),
                 ),
                 workers=settings.ocr_workers,
                 max_queue=settings.ocr_queue_size,
@@ -186,7 +178,7 @@ class Engine:
         """Every encoder worker loaded and warm (labels, when on, computed before that), and
         the OCR and caption workers too when they are on."""
         return self._images.ready and all(
-            pool.ready for pool in (self._ocr, self._captions) if pool is not None
+            pool.ready for pool in (self._words.ocr, self._words.captions) if pool is not None
         )
 
     @property
@@ -225,8 +217,8 @@ class Engine:
         retrieved"; the engine stays not ready (and /readyz at 503).
         """
         settings = self._settings
-        if self._ocr is not None:
-            self._ocr.start()  # each worker loads its model in its own thread, meanwhile
+        if self._words.ocr is not None:
+            self._words.ocr.start()  # each worker loads its model in its own thread, meanwhile
         try:
             await asyncio.to_thread(check_model_source, settings.clip_model)
             encoders = await asyncio.to_thread(
@@ -270,10 +262,10 @@ class Engine:
             self._images.use_device_decoder(gpu_jpeg_decoder(encoders[0].name, encoders[0].spec))
         self.attach_pool(pool)
         logger.info("encoder loaded; warming up", extra={"devices": pool.devices})
-        if self._captions is not None:
+        if self._words.captions is not None:
             # After CLIP, not beside it: transformers sets torch's default dtype while it
             # loads a model, and two loads at once in two threads mix their dtypes.
-            self._captions.start()
+            self._words.captions.start()
         return None
 
     async def wait_ready(self) -> str | None:
@@ -282,7 +274,7 @@ class Engine:
         # The CLIP pool warms each worker in its own thread: one waiting thread, not a poll.
         while not await asyncio.to_thread(self._images.wait_ready, 1.0):
             pass
-        for words in (self._ocr, self._captions):  # when on; usually warm long before
+        for words in (self._words.ocr, self._words.captions):  # when on; usually warm long before
             while words is not None and not await asyncio.to_thread(words.wait_ready, 1.0):
                 if words.load_failed:  # logged by the pool with its cause
                     return f"the {words.kind} model could not be loaded"
@@ -302,12 +294,12 @@ class Engine:
         # Stopping the pool joins its worker threads (a CPU batch may take seconds): off
         # the event loop, so streams still draining keep flowing.
         await asyncio.to_thread(self._images.close)
-        for words in (self._ocr, self._captions):
+        for words in (self._words.ocr, self._words.captions):
             if words is not None:
                 await asyncio.to_thread(words.stop)
         self._texts.close()
-        await self._ocr_cache.aclose()
-        await self._caption_cache.aclose()
+        await self._words.ocr_cache.aclose()
+        await self._words.caption_cache.aclose()
         await self.document_pages.aclose()
         await self._cache.aclose()
 
@@ -321,10 +313,7 @@ class Engine:
 
     def attach_ocr_pool(self, pool: WorkerPool[ImageBytes, str]) -> None:
         """Read text with `pool` (started); the one it replaces is stopped (tests)."""
-        old, self._ocr = self._ocr, pool
-        _watch(self._metrics, pool)
-        if old is not None and old is not pool:
-            old.stop()
+        self._words.attach_ocr_pool(pool)
 
     async def describe(self, source: ImageSource, *, words: bool = False) -> ImageDescription:
         """The image's embedding and its labels (when labels are on); with `words`, also
@@ -337,71 +326,16 @@ class Engine:
 
     async def describe_bytes(self, image: ImageBytes, *, words: bool = False) -> ImageDescription:
         """`describe` for bytes already read (`read`)."""
-        if not words:
-            embedding = await self._images.embed_bytes(image)
-            return ImageDescription(embedding=embedding, labels=self._labels(embedding))
-        async with asyncio.TaskGroup() as group:
-            vector = group.create_task(self._images.embed_bytes(image))
-            ocr = group.create_task(self._read_text(image))
-            caption = group.create_task(self._words(self._captions, self._caption_cache, image))
-        embedding = vector.result()
-        settings = self._settings
-        tags = ""
-        if self._labeler is not None and settings.describe_tags_top_k > 0:
-            tags = self._labeler.describe(
-                embedding.vector, settings.describe_tags_top_k, settings.describe_tags_min_score
-            )
-        return ImageDescription(
-            embedding=embedding,
-            labels=self._labels(embedding),
-            tags=tags,
-            ocr=ocr.result() if self._ocr is not None else None,
-            caption=caption.result(),
-        )
+        return await self._words.describe(image, words=words)
+
+    def share_decode(self, image: ImageBytes) -> ImageBytes:
+        """`image` with one decode for all its consumers; the caller `shared.release()`s it."""
+        return image.sharing(self._images.decode)
 
     async def read_page_image(self, data: bytes, param: str) -> str | None:
         """The text in a rendered document page (PNG bytes) by the OCR pool, cached by its
         content like an image's; None when OCR is off."""
-        if self._ocr is None:
-            return None
-        sha256 = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-        return await self._words(self._ocr, self._ocr_cache, ImageBytes(data, sha256, param))
-
-    async def _read_text(self, image: ImageBytes) -> str:
-        """The image's OCR text; for an image whose reading passed its deadline within
-        OCR_FAILURE_TTL_S, `OCR_NOT_READ` at once instead of reading it again."""
-        if self._ocr is None:
-            return ""
-        key = self._ocr_cache.key(image.sha256)  # the tenant's own, like the cache entry
-        if self._ocr_failures.recalls(key):
-            self._metrics.words_errors.labels(kind="ocr", reason="remembered").inc()
-            return OCR_NOT_READ
-        try:
-            return await self._words(self._ocr, self._ocr_cache, image)
-        except EngineTimeout:
-            self._ocr_failures.remember(key)
-            raise
-
-    def _labels(self, embedding: ImageEmbedding) -> str:
-        if self._labeler is None or self._settings.labels_top_k == 0:
-            return ""
-        return self._labeler.describe(embedding.vector)
-
-    async def _words(
-        self, pool: WorkerPool[ImageBytes, str] | None, cache: WordsCache, image: ImageBytes
-    ) -> str:
-        if pool is None:
-            return ""
-        started = time.perf_counter()
-        try:
-            return await cache.get_or_compute(image.sha256, lambda: pool.run(image))
-        except ProxyError as exc:
-            own = own_param(exc, image.param)
-            if own is exc:
-                raise
-            raise own from exc
-        finally:
-            note_stage(pool.kind, time.perf_counter() - started)
+        return await self._words.read_page_image(data, param)
 
     async def _start_text_side(self, vision: clip.ClipImageEncoder) -> bool:
         """Name the cache's namespace, load the text tower, and encode the label vocabulary.
@@ -424,33 +358,21 @@ class Engine:
             return True
         if settings.labels_top_k > 0:
             # Before `attach`: the text tower serves one caller at a time (ClipTextEncoder).
-            self._labeler = await asyncio.to_thread(build_labeler, settings, text)
+            self._words.labeler = await asyncio.to_thread(labeler_of, settings, text)
         elif settings.describe_tags_top_k > 0:
             try:
-                self._labeler = await asyncio.to_thread(build_labeler, settings, text)
+                self._words.labeler = await asyncio.to_thread(labeler_of, settings, text)
             except Exception:  # tags are a nicety of describe: without them it still works
                 logger.exception("the describe preset's tags could not be computed; no tags")
         self._texts.attach(text)
         return True
 
 
-# The text shown for an image OCR gave up on recently (the prompt says it was not read).
-OCR_NOT_READ = "[not read: OCR gave up on this image's text; it is not retried for a while]"
-
-
-def build_labeler(settings: Settings, text: ClipTextEncoder) -> Labeler:
-    """Every label's text vector, computed once at start."""
-    path = Path(settings.labels_vocabulary) if settings.labels_vocabulary else None
-    labels = read_vocabulary(path)
-    per_template = []
-    for template in settings.labels_prompt.split("|"):
-        prompts = label_prompts(labels, template)
-        batches = range(0, len(prompts), 256)
-        vectors = [text.encode(prompts[start : start + 256])[0] for start in batches]
-        per_template.append(np.concatenate(vectors))
-    return Labeler(
-        labels=labels,
-        vectors=ensemble(per_template),
+def labeler_of(settings: Settings, text: ClipTextEncoder) -> Labeler:
+    return build_labeler(
+        text,
+        vocabulary=Path(settings.labels_vocabulary) if settings.labels_vocabulary else None,
+        prompt=settings.labels_prompt,
         logit_scale=load_logit_scale(settings.clip_model),
         top_k=settings.labels_top_k,
         min_score=settings.labels_min_score,
@@ -459,7 +381,11 @@ def build_labeler(settings: Settings, text: ClipTextEncoder) -> Labeler:
 
 def document_identity(settings: Settings) -> str:
     """What decides a document page's words: PDFium's version, the rendering, the OCR."""
-    ocr = ocr_identity(settings.ocr_layout) if settings.ocr_enabled else "no-ocr"
+    ocr = (
+        ocr_identity(settings.ocr_layout, settings.ocr_gate_side)
+        if settings.ocr_enabled
+        else "no-ocr"
+    )
     return (
         f"pypdfium2@{metadata.version('pypdfium2')}|dpi={settings.document_render_dpi}"
         f"|px={settings.document_render_max_pixels}|{ocr}"
@@ -472,50 +398,3 @@ def caption_device(setting: str) -> str:
         return "cuda:0" if setting == "cuda" else setting
     devices = clip.resolve_devices(["auto"])
     return devices[0]
-
-
-def _watch(metrics: Metrics, pool: WorkerPool[ImageBytes, str]) -> None:
-    metrics.words_queue_depth.labels(kind=pool.kind).set_function(lambda: pool.queue_depth)
-    metrics.words_jobs_active.labels(kind=pool.kind).set_function(lambda: pool.active_jobs)
-    metrics.words_workers_ready.labels(kind=pool.kind).set_function(lambda: pool.workers_ready)
-
-
-class MetricsWorkerEvents(WorkerEvents):
-    """An OCR or caption pool's events as Prometheus metrics."""
-
-    def __init__(self, metrics: Metrics, kind: str) -> None:
-        self._metrics = metrics
-        self._kind = kind
-        self._duration = metrics.ocr_duration if kind == "ocr" else metrics.caption_duration
-        for reason in ("failed", "timeout", "overloaded"):
-            metrics.words_errors.labels(kind=kind, reason=reason)
-
-    def ran(self, size: int, seconds: float, queue_wait_s: list[float]) -> None:
-        self._duration.observe(seconds)
-        for wait in queue_wait_s:
-            self._metrics.words_queue_seconds.labels(kind=self._kind).observe(wait)
-
-    def failed(self, reason: str) -> None:
-        self._metrics.words_errors.labels(kind=self._kind, reason=reason).inc()
-
-
-class MetricsPoolEvents(PoolEvents):
-    """The encoder pool's events as Prometheus metrics."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def batch(self, report: BatchReport) -> None:
-        self._metrics.batch_size.observe(report.size)
-        self._metrics.encode_duration.labels(device=report.device).observe(report.encode_s)
-        for wait in report.queue_wait_s:
-            self._metrics.encode_queue.observe(wait)
-
-    def dropped(self, count: int) -> None:
-        self._metrics.encoder_dropped.inc(count)
-
-    def cpu_fallback(self, device: str) -> None:
-        self._metrics.encoder_cpu_fallbacks.labels(device=device).inc()
-
-    def worker_restarted(self, device: str) -> None:
-        self._metrics.encoder_worker_restarts.labels(device=device).inc()

@@ -26,16 +26,18 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
 from app.engine.cache import EmbeddingCache, ImageEmbedding
 from app.engine.pool import EncoderPool
 from app.engine.preprocess import BytePixels, Pixels, preprocess_uint8
+from app.engine.shared_decode import SharedDecode
 from app.errors import EngineNotReady, ProxyError
 from app.ingest.fetch import SafeFetcher
 from app.ingest.sources import (
+    DecodedImage,
     ImageLimits,
     ImageSource,
     decode_image,
@@ -63,6 +65,18 @@ class ImageBytes:
     data: bytes
     sha256: str
     param: str
+    # The request's one full decode, when several consumers share it (`shared_decode.py`).
+    shared: SharedDecode | None = field(default=None, compare=False, repr=False)
+
+    def decode_with(self, decode: Callable[[bytes, str], Image.Image]) -> Image.Image:
+        """The picture: the request's shared decode when there is one, else `decode`'s."""
+        if self.shared is not None:
+            return self.shared.get()
+        return decode(self.data, self.param)
+
+    def sharing(self, decode: Callable[[bytes, str], Image.Image]) -> ImageBytes:
+        """These bytes with one decode (by `decode`) for all their consumers."""
+        return replace(self, shared=SharedDecode(lambda: decode(self.data, self.param)))
 
 
 @dataclass(frozen=True)
@@ -156,23 +170,20 @@ class ImagePipeline:
         return ImageBytes(data, await self._sha256(data), source.param)
 
     async def embed_bytes(self, image: ImageBytes) -> ImageEmbedding:
-        data, sha256, param = image.data, image.sha256, image.param
         if self.cache is None:
-            return await self._compute(data, sha256, param)
+            return await self._compute(image)
         try:
-            return await self.cache.get_or_compute(
-                sha256, lambda: self._compute(data, sha256, param)
-            )
+            return await self.cache.get_or_compute(image.sha256, lambda: self._compute(image))
         except ProxyError as exc:
-            own = own_param(exc, param)
+            own = own_param(exc, image.param)
             if own is exc:
                 raise
             raise own from exc
 
-    async def _compute(self, data: bytes, sha256: str, param: str) -> ImageEmbedding:
+    async def _compute(self, image: ImageBytes) -> ImageEmbedding:
         pool = self._require_pool()
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._executor, self._prepare, data, param)
+        prepared = await loop.run_in_executor(self._executor, self._prepare, image)
         self._metrics.image_decode.observe(prepared.decode_s)
         self._metrics.preprocess.observe(prepared.preprocess_s)
         note_stage("decode", prepared.decode_s)
@@ -181,7 +192,7 @@ class ImagePipeline:
         vector = await pool.encode(prepared.pixels)
         note_stage("encode", time.perf_counter() - queued)  # queue wait + its batch
         return ImageEmbedding(
-            sha256=sha256, vector=vector, width=prepared.width, height=prepared.height
+            sha256=image.sha256, vector=vector, width=prepared.width, height=prepared.height
         )
 
     async def _sha256(self, data: bytes) -> str:
@@ -191,18 +202,24 @@ class ImagePipeline:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: hashlib.sha256(data).hexdigest())
 
-    def _prepare(self, data: bytes, param: str) -> _Prepared:
+    def _prepare(self, image: ImageBytes) -> _Prepared:
         """Pixels and size, and the seconds decoding and preprocessing took (timed here, in
         the worker thread, so the event loop's scheduling does not count)."""
         pool = self._require_pool()
+        data, param = image.data, image.param
         started = time.perf_counter()
-        if self._device_decoder is not None and data.startswith(_JPEG_MAGIC):
+        if image.shared is not None:
+            # OCR or the captioner need the full picture anyway: reduce that one decode
+            # rather than decode the bytes a second time at a reduced scale.
+            picture = image.shared.get()
+            decoded = DecodedImage(picture, picture.width, picture.height)
+        elif self._device_decoder is not None and data.startswith(_JPEG_MAGIC):
             on_device = self._prepare_on_device(self._device_decoder, data, param, started)
             if on_device is not None:
                 return on_device
-        decoded = decode_image_at_least(
-            data, self._limits, pool.spec.decode_short_side, param=param
-        )
+            decoded = self._decode_at_least(data, param, pool.spec.decode_short_side)
+        else:
+            decoded = self._decode_at_least(data, param, pool.spec.decode_short_side)
         decoded_at = time.perf_counter()
         pixels = preprocess_uint8(
             decoded.image, pool.spec, full_size=(decoded.width, decoded.height), scale=decoded.scale
@@ -215,11 +232,16 @@ class ImagePipeline:
             preprocess_s=time.perf_counter() - decoded_at,
         )
 
+    def _decode_at_least(self, data: bytes, param: str, short_side: int) -> DecodedImage:
+        self._metrics.image_decodes.labels(scale="reduced").inc()
+        return decode_image_at_least(data, self._limits, short_side, param=param)
+
     def _prepare_on_device(
         self, decoder: DeviceDecoder, data: bytes, param: str, started: float
     ) -> _Prepared | None:
         """Decode, resize and crop on the device; None sends the image to the CPU path."""
         header = probe_image(data, self._limits, param=param)  # limits hold on either path
+        self._metrics.image_decodes.labels(scale="device").inc()
         try:
             pixels = decoder(data, header.width, header.height)
         except Exception as exc:
@@ -237,7 +259,9 @@ class ImagePipeline:
         )
 
     def decode(self, data: bytes, param: str) -> Image.Image:
-        """Checked and decoded (for the OCR and caption workers, in their threads)."""
+        """Checked and decoded at full size (for the OCR and caption workers, in their
+        threads, and for a request's shared decode)."""
+        self._metrics.image_decodes.labels(scale="full").inc()
         return decode_image(data, self._limits, param=param)
 
     def _require_pool(self) -> EncoderPool:

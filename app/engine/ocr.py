@@ -29,6 +29,7 @@ from PIL import Image
 
 from app.engine.deadline import Deadline
 from app.engine.image_pipeline import ImageBytes
+from app.engine.ocr_gate import GATE_SIDE, OnSkip
 from app.engine.ocr_layout import layout_text
 from app.engine.ocr_models import MAX_SIDE, UNCLIP_RATIO, RapidOcrEngine, models_identity
 from app.engine.ocr_steps import OcrEngine, OcrSteps, drain
@@ -49,9 +50,11 @@ Decode = Callable[[bytes, str], Image.Image]
 Layout = Literal["layout", "plain"]
 
 
-def ocr_identity(layout: Layout = "layout") -> str:
+def ocr_identity(layout: Layout = "layout", gate_side: int = GATE_SIDE) -> str:
     """What decides the text for given bytes: the models, their settings, the layout."""
-    return f"{models_identity()}|max_side={MAX_SIDE}|unclip={UNCLIP_RATIO}|{layout}"
+    return (
+        f"{models_identity()}|max_side={MAX_SIDE}|unclip={UNCLIP_RATIO}|gate={gate_side}|{layout}"
+    )
 
 
 class OcrModel:
@@ -64,10 +67,13 @@ class OcrModel:
         max_boxes: int = 200,
         layout: Layout = "layout",
         min_score: float = MIN_SCORE,
+        *,
+        gate_side: int = GATE_SIDE,
+        on_skip: OnSkip | None = None,
     ) -> None:
         self._engine = engine
         self._decode = decode
-        self._steps = OcrSteps(engine, max_boxes=max_boxes)
+        self._steps = OcrSteps(engine, max_boxes=max_boxes, gate_side=gate_side, on_skip=on_skip)
         self._layout = layout
         self._min_score = min_score
 
@@ -80,9 +86,11 @@ class OcrModel:
         use_cuda: bool = False,
         max_boxes: int = 200,
         layout: Layout = "layout",
+        gate_side: int = GATE_SIDE,
+        on_skip: OnSkip | None = None,
     ) -> OcrModel:
         engine = RapidOcrEngine.load(threads=threads, use_cuda=use_cuda)
-        return cls(engine, decode, max_boxes, layout)
+        return cls(engine, decode, max_boxes, layout, gate_side=gate_side, on_skip=on_skip)
 
     def warm_up(self) -> None:
         self._engine.warm_up()
@@ -100,7 +108,7 @@ class OcrModel:
         """The reading of one image as steps (decode, detection, then a few lines at a
         time): each `next()` runs one; the pool interleaves the steps of several images
         and drops an image past its deadline between two (`workers.py`)."""
-        image = self._decode(item.data, item.param)
+        image = item.decode_with(self._decode)
         yield
         return (yield from self._read_steps(image, deadline))
 

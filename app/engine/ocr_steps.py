@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from app.engine.deadline import Deadline
+from app.engine.ocr_gate import GATE_SIDE, OnSkip, gated, shrunk, text_boxes
 from app.errors import EngineTimeout
 
 # Recognised lines per step: one line of a dense 1400 px page took 0.3-1.5 s on a busy core.
@@ -94,9 +95,18 @@ class OcrEngine(Protocol):
 class OcrSteps:
     """One OCR engine driven step by step. Not thread-safe (one per worker)."""
 
-    def __init__(self, engine: OcrEngine, *, max_boxes: int = 200) -> None:
+    def __init__(
+        self,
+        engine: OcrEngine,
+        *,
+        max_boxes: int = 200,
+        gate_side: int = GATE_SIDE,
+        on_skip: OnSkip | None = None,
+    ) -> None:
         self._engine = engine
         self._max_boxes = max_boxes
+        self._gate_side = gate_side
+        self._on_skip = on_skip
 
     def read(self, pixels: np.ndarray, deadline: Deadline) -> Generator[Any, None, Found]:
         """Boxes (in the read image's coordinates), texts and scores; BGR pixels in."""
@@ -104,6 +114,10 @@ class OcrSteps:
         image = engine.prepare(pixels)  # longer side <= 2000, shorter >= 30
         with terminated_at(deadline) as options:
             yield options  # the handle the pool interrupts a step with (`Preempted`)
+            if gated(image.shape, self._gate_side):
+                if not (yield from self._gate(image, options, deadline)):
+                    return []
+                yield options
             detect = functools.partial(engine.detect, image, options)
             boxes = yield from _until_done(detect, options, deadline)
             yield options
@@ -119,6 +133,18 @@ class OcrSteps:
                     found.append((box, text, score))
                 yield options
         return found
+
+    def _gate(
+        self, image: np.ndarray, options: Any, deadline: Deadline
+    ) -> Generator[Any, None, bool]:
+        """Whether the shrunk image shows any text box (`ocr_gate.py`); told to `on_skip`
+        when it does not."""
+        small = shrunk(image, self._gate_side)
+        detect = functools.partial(self._engine.detect, small, options)
+        boxes = text_boxes((yield from _until_done(detect, options, deadline)), small.shape)
+        if not boxes and self._on_skip is not None:
+            self._on_skip("no_text")
+        return bool(boxes)
 
 
 class _Stopped(Exception):

@@ -74,6 +74,8 @@ def effective_settings(settings: Settings, environ: Mapping[str, str]) -> list[S
             from_file = f"file ({PREFIX}{file_field.upper()})"
             source = f"environment and {from_file}" if set_by else from_file
             value = [MASK] * len(settings.client_keys)
+        if field in settings.auto_chosen:  # left at 0: chosen by the process
+            source = f"{source} ({settings.auto_chosen[field]})"
         rows.append(SettingRow(set_by or names[0], _shown(value), source))
     return rows
 

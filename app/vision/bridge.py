@@ -20,8 +20,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from PIL import Image
+
 from app.engine.cache import WordsCache
-from app.engine.engine import Engine, ImageDescription
+from app.engine.describe import ImageDescription
+from app.engine.engine import Engine
 from app.engine.image_pipeline import ImageBytes
 from app.ingest.sources import ImageLimits, ImageSource, decode_image
 from app.metrics import Metrics
@@ -105,6 +108,18 @@ class VisionBridge:
         if not describe or self._chain is None:
             described = await engine.describe_bytes(image, words=words)
             return _seen(described, "bridge")
+        # One decode for CLIP, OCR, the captioner and the describer's copy of the image.
+        image = engine.share_decode(image)
+        try:
+            route, text, described = await self._describe_and_see(engine, image, question, words)
+        finally:
+            if image.shared is not None:
+                image.shared.release()
+        return _seen(described, route, text)
+
+    async def _describe_and_see(
+        self, engine: Engine, image: ImageBytes, question: str, words: bool
+    ) -> tuple[str, str, ImageDescription]:
         if self._uses_ocr:  # the prompt quotes the OCR text: read it first
             described = await engine.describe_bytes(image, words=True)
             route, text = await self._describe(image, question, described.ocr or "")
@@ -123,10 +138,14 @@ class VisionBridge:
                 engine_task = group.create_task(engine_side())
             described = engine_task.result()
             route, text = describer_task.result()
-        return _seen(described, route, text)
+        return route, text, described
 
     async def _prepare(self, image: ImageBytes) -> Prepared:
-        decode = functools.partial(decode_image, limits=self._options.limits, param=image.param)
+        own = functools.partial(decode_image, limits=self._options.limits)
+
+        def decode(data: bytes) -> Image.Image:  # the request's shared decode when it has one
+            return image.decode_with(lambda data, param: own(data, param=param))
+
         return await asyncio.to_thread(
             prepare, image.data, max_side=self._options.passthrough_max_side, decode=decode
         )

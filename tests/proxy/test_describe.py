@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis
 
-from app.engine.engine import MetricsWorkerEvents
+from app.engine.engine_events import MetricsWorkerEvents
 from app.engine.image_pipeline import ImageBytes
 from app.engine.ocr import OcrModel
 from app.engine.test_model import make_test_captioner
