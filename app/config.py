@@ -183,6 +183,8 @@ class Settings(BaseSettings):
     ocr_gate_side: int = Field(640, ge=0, le=4096)
     # Text boxes recognised per image (top to bottom): the work per image, bounded up front.
     ocr_max_boxes: int = Field(200, ge=1, le=10_000)
+    # layout: indentation, columns and tables rebuilt from the boxes; plain: lines in order.
+    ocr_layout: Literal["layout", "plain"] = "layout"
     # An image whose OCR passed its deadline is not read again for this long (0: always).
     ocr_failure_ttl_s: float = Field(600.0, ge=0)
     # Captions: a transformers image-to-text checkpoint (hub id or directory); empty = off.

@@ -26,7 +26,8 @@ from app.engine.image_pipeline import ImageBytes
 from app.engine.ocr import OcrModel
 from app.engine.workers import WorkerPool
 from app.runtime.cores import ocr_shape, usable_cores
-from bench.ocr import RESULTS, corpus
+from bench.ocr import RESULTS
+from bench.ocr_corpus import corpus
 from bench.ocr_gate import photo
 
 ROUNDS = 3

@@ -27,7 +27,8 @@ from PIL import Image
 
 from app.engine.image_pipeline import ImageBytes
 from app.engine.ocr import OcrModel
-from bench.ocr import CHINESE, CJK, CODE, DEJAVU, ENGLISH, ERRORS, HEIGHTS, MONO, RESULTS, corpus
+from bench.ocr import RESULTS
+from bench.ocr_corpus import CHINESE, CJK, CODE, DEJAVU, ENGLISH, ERRORS, HEIGHTS, MONO, corpus
 from tests.helpers import DATA
 
 SIDES = (0, 320, 480, 640, 960)  # 0: no gate (today)

@@ -6,7 +6,7 @@ single flight; its backends in `cache_backends.py`), `labels.py` (zero-shot tags
 `pool.py` (the CLIP encoder pool; its loops in `cpu_loop.py` / `cuda_loop.py`, what they
 share in `pool_jobs.py`), `supervisor.py` (the threads of both pools), `preprocess.py`,
 `clip.py` (with `clip_options.py` and `gpu_decode.py`) / `text.py` (the only torch
-importers), `ocr.py` (RapidOCR), `caption.py` (a transformers captioner), `workers.py`
-(their pools), `nvml.py` (the driver's VRAM view), `test_model.py`
-(`clip-proxy make-test-model`).
+importers), `ocr.py` (OCR; its models in `ocr_models.py`, the page's layout in
+`ocr_layout.py`), `caption.py` (a transformers captioner), `workers.py` (their pools),
+`nvml.py` (the driver's VRAM view), `test_model.py` (`clip-proxy make-test-model`).
 """

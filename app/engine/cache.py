@@ -287,7 +287,7 @@ class WordsCache(ContentCache[str]):
     namespace names the kind, the model and its settings.
 
         ocr_cache = WordsCache(vectors.backend_list, metrics, kind="ocr", prefix=prefix)
-        ocr_cache.bind(namespace_of("rapidocr@1.4.4|max_side=960", 1, "ocr"))
+        ocr_cache.bind(namespace_of("rapidocr@3.10.0|max_side=960|layout", 1, "ocr"))
     """
 
     def __init__(

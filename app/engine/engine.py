@@ -77,7 +77,9 @@ class Engine:
             WordsCache(cache.backend_list, metrics, kind=kind, prefix=settings.cache_key_prefix)
             for kind in ("ocr", "caption")
         )
-        ocr_cache.bind(namespace_of(ocr_identity(settings.ocr_gate_side), 1, "ocr"))
+        ocr_cache.bind(
+            namespace_of(ocr_identity(settings.ocr_layout, settings.ocr_gate_side), 1, "ocr")
+        )
         caption_cache.bind(namespace_of(f"{settings.caption_model}", 1, "caption"))
         self._words = ImageWords(
             images,
@@ -143,6 +145,7 @@ class Engine:
                     decode=images.decode,
                     use_cuda=settings.ocr_device == "cuda",
                     max_boxes=settings.ocr_max_boxes,
+                    layout=settings.ocr_layout,
                     gate_side=settings.ocr_gate_side,
                     on_skip=lambda reason: metrics.ocr_skipped.labels(reason=reason).inc(),
                 ),
@@ -381,7 +384,11 @@ def labeler_of(settings: Settings, text: ClipTextEncoder) -> Labeler:
 
 def document_identity(settings: Settings) -> str:
     """What decides a document page's words: PDFium's version, the rendering, the OCR."""
-    ocr = ocr_identity(settings.ocr_gate_side) if settings.ocr_enabled else "no-ocr"
+    ocr = (
+        ocr_identity(settings.ocr_layout, settings.ocr_gate_side)
+        if settings.ocr_enabled
+        else "no-ocr"
+    )
     return (
         f"pypdfium2@{metadata.version('pypdfium2')}|dpi={settings.document_render_dpi}"
         f"|px={settings.document_render_max_pixels}|{ocr}"

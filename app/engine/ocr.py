@@ -1,18 +1,18 @@
-"""The text in an image, read by RapidOCR (PP-OCRv4 detection + recognition, Chinese and
-English), whose wheel ships its ONNX models: it works offline.
+"""The text in an image, read by RapidOCR (PP-OCRv6 small detection + recognition, Chinese,
+English and more Latin-script languages), whose wheel ships its ONNX models: it works
+offline (`ocr_models.py`).
 
-The only module that imports rapidocr_onnxruntime. One `OcrModel` per worker thread
-(`workers.py`); each item is an image's bytes, decoded here, in the worker.
+One `OcrModel` per worker thread (`workers.py`); each item is an image's bytes, decoded
+here, in the worker.
 
     model = OcrModel.load(threads=1, decode=decode)
     [text] = model.run([ImageBytes(data, sha256, param)])     # "ERROR: connection refused\\n..."
 
-Detection sees the image with its longer side at most `max_side` pixels (960, PaddleOCR's
-own default; RapidOCR's "shorter side at least 736" upscales a 60-px-high screenshot twelve
-times and took 20 s on it). Boxes are put back into reading order: boxes whose vertical
-centres are within half a line height of each other form a line, left to right, joined by
-a space; lines are joined by newlines. NFKC folds the full-width punctuation the Chinese
-model often writes (full-width commas and brackets) into ASCII.
+The recognised pieces are put back on the page by `ocr_layout.py` (`OCR_LAYOUT=layout`:
+indentation, columns, tables) or, with `plain`, in reading order as before: boxes whose
+vertical centres are within half a line height of each other form a line, left to right,
+joined by a space; lines are joined by newlines. NFKC folds the full-width punctuation the
+Chinese model often writes (full-width commas and brackets) into ASCII.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import math
 import unicodedata
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from importlib import metadata
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -31,38 +30,43 @@ from PIL import Image
 from app.engine.deadline import Deadline
 from app.engine.image_pipeline import ImageBytes
 from app.engine.ocr_gate import GATE_SIDE, OnSkip
-from app.engine.ocr_steps import OcrSteps, drain
+from app.engine.ocr_layout import layout_text
+from app.engine.ocr_models import MAX_SIDE, UNCLIP_RATIO, RapidOcrEngine, models_identity
+from app.engine.ocr_steps import OcrEngine, OcrSteps, drain
 
 logger = logging.getLogger(__name__)
 
-MAX_SIDE = 960
-# Recognised pieces scoring below this are left out (RapidOCR's own default).
-MIN_SCORE = 0.5
-# How far a detected text box is grown before the line is cropped for recognition. RapidOCR's
-# 1.6 crops English lines so tightly that the recogniser drops the spaces between words
-# ("ERROR:connectionrefusedonport5432"); 2.0 keeps them (bench/results/ocr.md).
-UNCLIP_RATIO = 2.0
-
+# Recognised pieces scoring below this are left out. PP-OCRv6 scores the benchmark corpus's
+# lines at 0.92 or more, a lone `}` on a tilted screenshot at 0.59-0.78 (RapidOCR's own cut
+# is 0.5).
+MIN_SCORE = 0.6
+# A box covering this share of the image or more is believed only with two characters or
+# more and from LARGE_MIN_SCORE: the detector took a whole photo (tests/data/coffee.png)
+# for one box and read it as "8" (0.67 padded to 6.7:1, 0.93 as `ocr_models` pads).
+LARGE_BOX = 0.25
+LARGE_MIN_SCORE = 0.9
 
 Decode = Callable[[bytes, str], Image.Image]
+Layout = Literal["layout", "plain"]
 
 
-def ocr_identity(gate_side: int = GATE_SIDE) -> str:
-    """What decides the text for given bytes: the engine's version and its settings."""
+def ocr_identity(layout: Layout = "layout", gate_side: int = GATE_SIDE) -> str:
+    """What decides the text for given bytes: the models, their settings, the layout."""
     return (
-        f"rapidocr-onnxruntime@{metadata.version('rapidocr-onnxruntime')}"
-        f"|max_side={MAX_SIDE}|unclip={UNCLIP_RATIO}|gate={gate_side}"
+        f"{models_identity()}|max_side={MAX_SIDE}|unclip={UNCLIP_RATIO}|gate={gate_side}|{layout}"
     )
 
 
 class OcrModel:
-    """One RapidOCR instance (three ONNX sessions). Not thread-safe: one per worker."""
+    """One OCR engine (two ONNX sessions). Not thread-safe: one per worker."""
 
     def __init__(
         self,
-        engine: Any,
+        engine: OcrEngine,
         decode: Decode,
         max_boxes: int = 200,
+        layout: Layout = "layout",
+        min_score: float = MIN_SCORE,
         *,
         gate_side: int = GATE_SIDE,
         on_skip: OnSkip | None = None,
@@ -70,6 +74,8 @@ class OcrModel:
         self._engine = engine
         self._decode = decode
         self._steps = OcrSteps(engine, max_boxes=max_boxes, gate_side=gate_side, on_skip=on_skip)
+        self._layout = layout
+        self._min_score = min_score
 
     @classmethod
     def load(
@@ -79,29 +85,15 @@ class OcrModel:
         decode: Decode,
         use_cuda: bool = False,
         max_boxes: int = 200,
+        layout: Layout = "layout",
         gate_side: int = GATE_SIDE,
         on_skip: OnSkip | None = None,
     ) -> OcrModel:
-        from rapidocr_onnxruntime import RapidOCR
-
-        engine = RapidOCR(
-            # The 0/180-degree classifier is off: screenshots and documents arrive upright,
-            # and it turned a plain 20 px English line upside down (then read nothing).
-            use_cls=False,
-            det_limit_type="max",
-            det_limit_side_len=MAX_SIDE,
-            det_unclip_ratio=UNCLIP_RATIO,
-            intra_op_num_threads=threads,
-            inter_op_num_threads=1,
-            det_use_cuda=use_cuda,
-            cls_use_cuda=use_cuda,
-            rec_use_cuda=use_cuda,
-        )
-        return cls(engine, decode, max_boxes, gate_side=gate_side, on_skip=on_skip)
+        engine = RapidOcrEngine.load(threads=threads, use_cuda=use_cuda)
+        return cls(engine, decode, max_boxes, layout, gate_side=gate_side, on_skip=on_skip)
 
     def warm_up(self) -> None:
-        blank = np.full((32, 96, 3), 255, dtype=np.uint8)
-        self._engine(blank)
+        self._engine.warm_up()
 
     def run(self, items: Sequence[ImageBytes]) -> list[str | BaseException]:
         results: list[str | BaseException] = []
@@ -128,12 +120,26 @@ class OcrModel:
         # RapidOCR takes OpenCV's BGR order.
         pixels = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
         found = yield from self._steps.read(pixels, deadline)
-        pieces = [
-            (np.asarray(box, dtype=np.float64), text)
-            for box, text, score in found
-            if score >= MIN_SCORE and text.strip()
-        ]
-        return unicodedata.normalize("NFKC", reading_order(pieces))
+        # Boxes are in the read image's coordinates: the same as the pixels' but for pages
+        # over 2000 px (shrunk: a large box looks smaller, and is kept) and tiny ones.
+        area = float(pixels.shape[0] * pixels.shape[1])
+        pieces = []
+        for box, text, score in found:
+            points = np.asarray(box, dtype=np.float64)
+            if _area(points) >= LARGE_BOX * area:
+                believed = len(text.strip()) > 1 and score >= LARGE_MIN_SCORE
+            else:
+                believed = bool(text.strip()) and score >= self._min_score
+            if believed:
+                pieces.append((points, text))
+        text = layout_text(pieces) if self._layout == "layout" else reading_order(pieces)
+        return unicodedata.normalize("NFKC", text)
+
+
+def _area(points: np.ndarray) -> float:
+    """A quadrilateral's area (the shoelace formula)."""
+    x, y = points[:, 0], points[:, 1]
+    return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2)
 
 
 def reading_order(pieces: list[tuple[np.ndarray, str]]) -> str:

@@ -42,5 +42,27 @@ def shrunk(image: np.ndarray, side: int) -> np.ndarray:
     return resized
 
 
+# A box the gate finds covering this share of the shrunk image or more, less than twice as
+# wide as tall, is a photo's texture taken for text, not a line: PP-OCRv6's detector saw
+# tests/data/coffee.png's cup, at 1080p shrunk to 640, as one 511 x 359 box (a one-line
+# screenshot's box covers as much, but is a wide strip; ocr.py drops such a box too).
+TEXTURE_SHARE = 0.25
+
+
+def text_boxes(boxes: list[np.ndarray], shape: tuple[int, ...]) -> list[np.ndarray]:
+    """The gate's boxes that may be lines of text (not a photo's texture)."""
+    limit = TEXTURE_SHARE * shape[0] * shape[1]
+    kept = []
+    for box in boxes:
+        points = np.asarray(box, dtype=np.float64)
+        x, y = points[:, 0], points[:, 1]
+        area = abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2
+        width = float(np.linalg.norm(points[1] - points[0]))
+        height = float(np.linalg.norm(points[3] - points[0]))
+        if area < limit or width >= 2 * height:
+            kept.append(box)
+    return kept
+
+
 # Told when the gate skips an image's reading, with the reason (`no_text`).
 OnSkip = Callable[[str], None]

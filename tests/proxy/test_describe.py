@@ -45,9 +45,9 @@ OCR = {"ocr_enabled": True, "ocr_threads": 1}
 
 
 def squashed(text: str) -> str:
-    """Letters and digits only, lower case: PP-OCRv4's recogniser often drops the spaces
-    between English words (a known trait of its Chinese-English model), so tests look for
-    the characters, not the word breaks."""
+    """Letters and digits only, lower case: PP-OCRv4's recogniser (the proxy's before
+    PP-OCRv6) dropped the spaces between English words, so tests look for the characters,
+    not the word breaks."""
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
 

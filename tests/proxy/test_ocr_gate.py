@@ -15,7 +15,7 @@ from PIL import Image
 
 from app.engine.ocr import OcrModel
 from app.engine.ocr_gate import GATE_SIDE
-from bench.ocr import CHINESE, CJK, CODE, DEJAVU, ENGLISH, ERRORS, MONO, corpus
+from bench.ocr_corpus import CHINESE, CJK, CODE, DEJAVU, ENGLISH, ERRORS, MONO, corpus
 from bench.ocr_gate import page, photo
 from tests.helpers import DRY_RUN, ProxyServer, data_url, image_message, metric_value
 
