@@ -155,7 +155,7 @@ def render(texts: list[dict[str, Any]], photos: list[dict[str, Any]]) -> str:
     out = [
         "# The no-text gate (`python -m bench.ocr_gate`)",
         "",
-        "One core (OCR_THREADS=1), PP-OCRv4 (rapidocr-onnxruntime). An image *loses its text*",
+        "One core (OCR_THREADS=1), PP-OCRv6 (rapidocr 3.10). An image *loses its text*",
         "when the reading without the gate finds text and the gate finds no box. Images no",
         "larger than the gate's side are not gated (the full detection is the gate).",
         "",

@@ -7,17 +7,18 @@ no text and nothing more runs. Only an image larger than the gate's side is gate
 smaller one the full detection is no dearer than the gate, and no box means no recognition
 anyway.
 
-640 px (`CLIP_PROXY_OCR_GATE_SIDE`) was chosen by measurement (bench/ocr_gate.py,
-bench/results/ocr-gate.md). On bench/ocr.py's corpus no text image was lost at 640, and
-every 1080p photo was skipped (OCR 0.07-0.16x of its time without the gate). On harder
-1920 x 1080 pages holding one short line, 3 of 12 lines of 20 px (none of 24 px and up)
-were lost at 640; at 960 none was lost at any height, but two of five 1080p photos showed
-boxes and paid the gate on top of the full reading (1.2-1.6x). A deployment whose images
-are sparse pages of small text sets 960 (or 0: no gate).
+640 px (`CLIP_PROXY_OCR_GATE_SIDE`) was chosen by measurement with PP-OCRv4 (bench/ocr_gate.py,
+bench/results/ocr-gate.md): no text image of bench/ocr.py's corpus was lost and every 1080p
+photo was skipped. With PP-OCRv6 a dense 1400 x 1400 page of 12 px lines shrunk to 640 showed
+no box at all, so the gate never shrinks an image by more than `MAX_SHRINK` (1.6x): a bigger
+image is gated at its longer side / 1.6 (a 1080p image at 1200 px), which keeps small text
+and still skips most photos (not a cat's fur, which the detector takes for a box). A
+deployment that wants no gate at all sets 0.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -26,9 +27,22 @@ import numpy as np
 GATE_SIDE = 640
 
 
+# The most the gate shrinks an image: a dense page of 12 px lines shrunk further (a 1400 px
+# page to 640, 2.2x) showed PP-OCRv6's detector no line at all, and the gate skipped text a
+# user sent; at 1.6x (875 px) every line was still found. A bigger image is gated at its
+# longer side / MAX_SHRINK, which still spares a 1080p photo most of the full detection.
+MAX_SHRINK = 1.6
+
+
+def gate_side_for(shape: tuple[int, ...], side: int) -> int:
+    """The longer side the gate looks at for an image of `shape`: `side`, or larger where
+    `side` would shrink small text past what the detector sees."""
+    return max(side, math.ceil(max(shape[:2]) / MAX_SHRINK))
+
+
 def gated(shape: tuple[int, ...], side: int) -> bool:
     """Whether an image of `shape` (rows, columns, ...) is worth gating."""
-    return side > 0 and max(shape[:2]) > side
+    return side > 0 and max(shape[:2]) > gate_side_for(shape, side)
 
 
 def shrunk(image: np.ndarray, side: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from app.engine.deadline import Deadline
-from app.engine.ocr_gate import GATE_SIDE, OnSkip, gated, shrunk, text_boxes
+from app.engine.ocr_gate import GATE_SIDE, OnSkip, gate_side_for, gated, shrunk, text_boxes
 from app.errors import EngineTimeout
 
 # Recognised lines per step: one line of a dense 1400 px page took 0.3-1.5 s on a busy core.
@@ -139,7 +139,7 @@ class OcrSteps:
     ) -> Generator[Any, None, bool]:
         """Whether the shrunk image shows any text box (`ocr_gate.py`); told to `on_skip`
         when it does not."""
-        small = shrunk(image, self._gate_side)
+        small = shrunk(image, gate_side_for(image.shape, self._gate_side))
         detect = functools.partial(self._engine.detect, small, options)
         boxes = text_boxes((yield from _until_done(detect, options, deadline)), small.shape)
         if not boxes and self._on_skip is not None:

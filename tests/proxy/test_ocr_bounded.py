@@ -54,9 +54,6 @@ def proxy(test_model_dir: Path, upstream: FakeUpstream) -> Iterator[ProxyServer]
         ocr_workers=1,
         ocr_timeout_s=DEADLINE_S,
         api_keys=f"{KEY_A},{KEY_B}",
-        # No gate: this is about a page that is read, and PP-OCRv6's detector sees no line
-        # of the dense 12 px page shrunk to 640 px (the gate would skip it as textless).
-        ocr_gate_side=0,
     )
     server = ProxyServer(settings).start()
     yield server
