@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from app.engine.pool import EncoderPool
-from app.engine.test_model import make_test_model
+from app.engine.test_model import make_test_captioner, make_test_model
 from tests.helpers import DATA, PHOTOS, ProxyServer, proxy_settings
 from tests.processes import end_leftovers, mark_session
 from tests.upstream_server import FakeUpstream
@@ -41,6 +41,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def test_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_test_model(tmp_path_factory.mktemp("clip") / "model")
+
+
+@pytest.fixture(scope="session")
+def captioner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random captioner (`CAPTION_MODEL`), made once for the run."""
+    return make_test_captioner(tmp_path_factory.mktemp("captioner"))
 
 
 @pytest.fixture(scope="session")

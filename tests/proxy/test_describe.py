@@ -21,7 +21,6 @@ import redis
 from app.engine.engine_events import MetricsWorkerEvents
 from app.engine.image_pipeline import ImageBytes
 from app.engine.ocr import OcrModel
-from app.engine.test_model import make_test_captioner
 from app.engine.workers import WorkerPool
 from tests.helpers import (
     DATA,
@@ -336,11 +335,6 @@ def test_ocr_past_its_deadline_is_a_504_and_the_pool_recovers(
     model.gate.set()
     again = dry_run(proxy, {"messages": [image_message(data_url(text_png(["quick again"])))]})
     assert again.status_code == 200 and has_words(content_of(again), "quick again")
-
-
-@pytest.fixture(scope="module")
-def captioner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_test_captioner(tmp_path_factory.mktemp("captioner"))
 
 
 def test_captions_from_the_tiny_captioner_reach_the_prompt(

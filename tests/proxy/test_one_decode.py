@@ -9,10 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 from PIL import Image
 
-from app.engine.test_model import make_test_captioner
 from tests.helpers import (
     DATA,
     DRY_RUN,
@@ -47,11 +45,6 @@ def send(proxy: ProxyServer, *images: bytes) -> httpx.Response:
     reply = httpx.post(proxy.url + CHAT, json=body, headers=DRY_RUN, timeout=120)
     assert reply.status_code == 200, reply.text
     return reply
-
-
-@pytest.fixture(scope="module")
-def captioner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_test_captioner(tmp_path_factory.mktemp("captioner"))
 
 
 def test_a_describe_miss_decodes_once_for_clip_ocr_and_the_captioner(

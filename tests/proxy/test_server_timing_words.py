@@ -7,9 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 
-from app.engine.test_model import make_test_captioner
 from tests.helpers import DRY_RUN, ProxyServer, data_url, image_message, unique_png
 
 CHAT = "/v1/chat/completions"
@@ -21,11 +19,6 @@ def stages(reply: httpx.Response) -> dict[str, float]:
         name, _, rest = entry.strip().partition(";")
         timing[name] = float(rest.split("dur=")[1].split(";")[0])
     return timing
-
-
-@pytest.fixture(scope="module")
-def captioner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_test_captioner(tmp_path_factory.mktemp("captioner"))
 
 
 def test_ocr_and_caption_appear_when_they_ran(
