@@ -178,9 +178,10 @@ class Settings(BaseSettings):
     ocr_device: Literal["cpu", "cuda"] = "cpu"
     ocr_queue_size: int = Field(64, ge=1, le=100_000)
     ocr_timeout_s: float = Field(30.0, gt=0)
-    # The no-text gate: an image larger than this (longer side, px) is first detected at
-    # this size, and not read when no text box shows (app/engine/ocr_gate.py); 0: off.
-    ocr_gate_side: int = Field(640, ge=0, le=4096)
+    # The no-text gate's optional pre-check: an image larger than this (longer side, px) is
+    # first detected at this size (or 1/1.6 of its own), and not read when no text box shows
+    # (app/engine/ocr_gate.py); 0: off, the full detection is the gate.
+    ocr_gate_side: int = Field(0, ge=0, le=4096)
     # Text boxes recognised per image (top to bottom): the work per image, bounded up front.
     ocr_max_boxes: int = Field(200, ge=1, le=10_000)
     # layout: indentation, columns and tables rebuilt from the boxes; plain: lines in order.

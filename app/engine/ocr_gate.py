@@ -1,19 +1,18 @@
 """The no-text gate: a photo without text spends no recognition.
 
-Before the full detection (which RapidOCR runs at up to 2000 px on the longer side: a
-1080p photo is detected at 1920 x 1088), the detector looks at the image shrunk to
-`GATE_SIDE` on its longer side; when it finds no text box there, the image is taken to hold
-no text and nothing more runs. Only an image larger than the gate's side is gated: for a
-smaller one the full detection is no dearer than the gate, and no box means no recognition
-anyway.
+The gate is the detection itself: PP-OCRv6's detector sees the page at most 960 px on its
+longer side (`ocr_models.MAX_SIDE`), and when it finds no box that may be a line of text
+(`text_boxes`: a photo's texture taken for a box does not count) nothing is recognised and
+the skip is counted (`clip_proxy_ocr_skipped_total{reason="no_text"}`). A 1080p photo costs
+one 960 px detection (about 0.2 s on one core, against about 1 s for PP-OCRv4, which detected
+at full size: bench/results/ocr-gate.md).
 
-640 px (`CLIP_PROXY_OCR_GATE_SIDE`) was chosen by measurement with PP-OCRv4 (bench/ocr_gate.py,
-bench/results/ocr-gate.md): no text image of bench/ocr.py's corpus was lost and every 1080p
-photo was skipped. With PP-OCRv6 a dense 1400 x 1400 page of 12 px lines shrunk to 640 showed
-no box at all, so the gate never shrinks an image by more than `MAX_SHRINK` (1.6x): a bigger
-image is gated at its longer side / 1.6 (a 1080p image at 1200 px), which keeps small text
-and still skips most photos (not a cat's fur, which the detector takes for a box). A
-deployment that wants no gate at all sets 0.
+A cheaper pre-check is optional (`CLIP_PROXY_OCR_GATE_SIDE`, 0 by default): an image larger
+than that side is first detected shrunk to it. It was chosen at 640 with PP-OCRv4, but with
+PP-OCRv6 detecting at 960 anyway it saved little on photos, read text images twice, and
+shrunk to 640 a dense 1400 x 1400 page of 12 px lines showed no box at all (the page would
+have been skipped whole). So it is off, and when set it never shrinks an image by more than
+`MAX_SHRINK` (1.6x).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 # The longer side the gate's detection sees (0 turns the gate off).
-GATE_SIDE = 640
+GATE_SIDE = 0
 
 
 # The most the gate shrinks an image: a dense page of 12 px lines shrunk further (a 1400 px

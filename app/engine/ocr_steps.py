@@ -121,6 +121,12 @@ class OcrSteps:
             detect = functools.partial(engine.detect, image, options)
             boxes = yield from _until_done(detect, options, deadline)
             yield options
+            if not text_boxes(boxes, image.shape):
+                # The detection (at most 960 px: ocr_models.MAX_SIDE) is the gate itself: no
+                # line of text, nothing to recognise, and the skip is counted.
+                if self._on_skip is not None:
+                    self._on_skip("no_text")
+                return []
             boxes = boxes[: self._max_boxes]
             found: Found = []
             for start in range(0, len(boxes), LINES_PER_STEP):

@@ -1,8 +1,8 @@
 """The no-text gate (app/engine/ocr_gate.py): photos without text spend no recognition,
-seen in a real proxy's /metrics (`clip_proxy_ocr_skipped_total{reason="no_text"}`), and
-the text images of bench/ocr.py's corpus that the gate looks at (those larger than its
-side) all keep their text, as do 1920 x 1080 pages holding one 20 or 24 px line and a
-dense 1400 x 1400 page of 12 px lines."""
+seen in a real proxy's /metrics (`clip_proxy_ocr_skipped_total{reason="no_text"}`); every
+text image of bench/ocr.py's corpus keeps its text, as do 1920 x 1080 pages holding one 20
+or 24 px line; with the optional pre-check set, a dense 1400 x 1400 page of 12 px lines still
+shows the detector its lines."""
 
 from __future__ import annotations
 
@@ -121,12 +121,13 @@ def test_a_1080p_page_with_one_small_line_keeps_it(
 
 
 def test_a_dense_page_of_small_lines_passes_the_gate() -> None:
-    # Shrunk to 640 px (2.2x), PP-OCRv6's detector saw no line of this page and the gate
-    # skipped a page full of text; the gate shrinks by MAX_SHRINK at most.
+    # With the pre-check set to 640 (OCR_GATE_SIDE=640), shrinking this page 2.2x showed
+    # PP-OCRv6's detector no line and the gate skipped a page full of text; the pre-check
+    # shrinks by MAX_SHRINK at most.
     engine = RapidOcrEngine.load(threads=1)
     image = engine.prepare(np.asarray(decode(dense_page(), ""))[:, :, ::-1])
-    side = gate_side_for(image.shape, GATE_SIDE)
-    assert gated(image.shape, GATE_SIDE) and side > GATE_SIDE
+    side = gate_side_for(image.shape, 640)
+    assert gated(image.shape, 640) and side > 640
 
     small = shrunk(image, side)
     with terminated_at(Deadline.after(120)) as options:
