@@ -440,7 +440,9 @@ def test_a_stale_pooled_connection_is_retried_at_once(
         started = time.perf_counter()
         assert chat(proxy).status_code == 200
         latencies.append(time.perf_counter() - started)
-    assert statistics.median(latencies) < 0.05, latencies
+    # No backoff: a retry after the 1 s backoff would take >= 1 s. Half of that tolerates a
+    # loaded machine (a loopback chat takes ~10 ms idle, ~50-90 ms beside two busy loops).
+    assert statistics.median(latencies) < 0.5, latencies
     retries = metric_value(
         proxy.url, "clip_proxy_upstream_retries_total", reason="stale_connection"
     )
