@@ -250,7 +250,7 @@ def test_rate_limit_toward_the_upstream(
 ) -> None:
     import concurrent.futures
 
-    proxy = start_proxy(upstream_rate_limit_rps=3, upstream_rate_limit_wait_s=0.5)
+    proxy = start_proxy(upstream_rate_limit_rps=2, upstream_rate_limit_wait_s=0.6)
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         responses = list(
             pool.map(
@@ -261,7 +261,9 @@ def test_rate_limit_toward_the_upstream(
             )
         )
     statuses = sorted(r.status_code for r in responses)
-    # Slots at 0, 1/3 and 2/3 s fit in a 0.5 s wait; later ones are refused at once.
+    # Slots at 0 and 0.5 s fit in a 0.6 s wait; later ones are refused at once. (Six
+    # requests would have to arrive spread over 2 s for fewer than two to be refused: a
+    # loaded machine's thread start-up does not spread them that far.)
     assert statuses.count(200) >= 2
     assert statuses.count(429) >= 2
     assert set(statuses) <= {200, 429}
@@ -270,4 +272,4 @@ def test_rate_limit_toward_the_upstream(
         assert int(refused.headers["retry-after"]) >= 1
     sent = sorted(chat_requests(upstream))
     gaps = [b - a for a, b in itertools.pairwise(sent)]
-    assert all(gap >= 0.3 for gap in gaps), gaps  # 3/s means a third of a second apart
+    assert all(gap >= 0.45 for gap in gaps), gaps  # 2/s means half a second apart
