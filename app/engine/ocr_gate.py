@@ -60,6 +60,8 @@ def shrunk(image: np.ndarray, side: int) -> np.ndarray:
 # tests/data/coffee.png's cup, at 1080p shrunk to 640, as one 511 x 359 box (a one-line
 # screenshot's box covers as much, but is a wide strip; ocr.py drops such a box too).
 TEXTURE_SHARE = 0.25
+# ... on an image at least this tall and wide (a photo, not a cropped button or word).
+TEXTURE_MIN_SIDE = 300
 
 
 def text_boxes(boxes: list[np.ndarray], shape: tuple[int, ...]) -> list[np.ndarray]:

@@ -29,7 +29,15 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from app.engine.deadline import Deadline
-from app.engine.ocr_gate import GATE_SIDE, OnSkip, gate_side_for, gated, shrunk, text_boxes
+from app.engine.ocr_gate import (
+    GATE_SIDE,
+    TEXTURE_MIN_SIDE,
+    OnSkip,
+    gate_side_for,
+    gated,
+    shrunk,
+    text_boxes,
+)
 from app.errors import EngineTimeout
 
 # Recognised lines per step: one line of a dense 1400 px page took 0.3-1.5 s on a busy core.
@@ -121,9 +129,13 @@ class OcrSteps:
             detect = functools.partial(engine.detect, image, options)
             boxes = yield from _until_done(detect, options, deadline)
             yield options
-            if not text_boxes(boxes, image.shape):
+            if not boxes or (
+                min(image.shape[:2]) >= TEXTURE_MIN_SIDE and not text_boxes(boxes, image.shape)
+            ):
                 # The detection (at most 960 px: ocr_models.MAX_SIDE) is the gate itself: no
-                # line of text, nothing to recognise, and the skip is counted.
+                # line of text, nothing to recognise, and the skip is counted. (A big squarish
+                # box is a photo's texture only on a photo-sized image: on a small crop it may
+                # be a short word, which the recogniser's score then judges.)
                 if self._on_skip is not None:
                     self._on_skip("no_text")
                 return []
