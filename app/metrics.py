@@ -370,6 +370,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.words_worker_restarts = Counter(
+            "clip_proxy_words_worker_restarts",
+            "OCR or caption worker threads that died and were replaced",
+            ["kind"],
+            registry=r,
+        )
         self.words_errors = Counter(
             "clip_proxy_words_errors",
             "Images OCR or captioning failed on, by reason (failed, timeout, overloaded; "

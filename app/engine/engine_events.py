@@ -25,6 +25,7 @@ class MetricsWorkerEvents(WorkerEvents):
         self._duration = metrics.ocr_duration if kind == "ocr" else metrics.caption_duration
         for reason in ("failed", "timeout", "overloaded"):
             metrics.words_errors.labels(kind=kind, reason=reason)
+        metrics.words_worker_restarts.labels(kind=kind)
 
     def ran(self, size: int, seconds: float, queue_wait_s: list[float]) -> None:
         self._duration.observe(seconds)
@@ -33,6 +34,9 @@ class MetricsWorkerEvents(WorkerEvents):
 
     def failed(self, reason: str) -> None:
         self._metrics.words_errors.labels(kind=self._kind, reason=reason).inc()
+
+    def restarted(self) -> None:
+        self._metrics.words_worker_restarts.labels(kind=self._kind).inc()
 
 
 class MetricsPoolEvents(PoolEvents):

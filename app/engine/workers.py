@@ -6,7 +6,9 @@ one bounded queue, each queued item with its own future; a full queue fails fast
 (`Overloaded`); every caller waits with a deadline (`EngineTimeout`); a model call that
 fails on one item fails only that item's request; the work runs in threads of its own,
 never on the event loop. Each worker loads and warms its own model copy in its thread;
-`ready` once all are warm. Unlike the encoder pool, a worker that dies is not restarted.
+`ready` once all are warm. A worker thread that dies (a BaseException out of its model, or
+a bug) fails the images it held at once, and the watcher starts a replacement with growing
+pauses, which loads its own copy again; the pool is not `ready` meanwhile.
 
     pool = WorkerPool("ocr", load=OcrModel.load, workers=2, max_batch=1, max_queue=64,
                       timeout_s=30, events=events)
@@ -52,6 +54,10 @@ Out_co = TypeVar("Out_co", covariant=True)
 
 # Images a worker has begun and interleaves at once (each holds its decoded pixels).
 _ACTIVE_PER_WORKER = 4
+# A worker that keeps dying is restarted with growing pauses, up to this one.
+_MAX_RESTART_DELAY_S = 30.0
+# `_Job.worker` of a job whose worker died: no worker steps it again, any may drop it.
+_ORPHANED = -1
 
 
 class BatchModel(Protocol[In_contra, Out_co]):
@@ -83,6 +89,9 @@ class WorkerEvents:
     def failed(self, reason: str) -> None:
         pass
 
+    def restarted(self) -> None:
+        pass
+
 
 @dataclass(eq=False)
 class _Job(Generic[In, Out]):
@@ -97,6 +106,14 @@ class _Job(Generic[In, Out]):
     worker: int | None = None  # the worker that began it, and the only one to step it
     started_at: float = 0.0
     abandoned: bool = False  # its caller has gone (timed out or left)
+
+
+@dataclass(eq=False)
+class _Holding(Generic[In, Out]):
+    """What one worker holds, so that its death fails exactly these images."""
+
+    taken: list[tuple[str, _Job[In, Out]]] = field(default_factory=list)  # step not done
+    begun: set[_Job[In, Out]] = field(default_factory=set)  # stepped, begun, not finished
 
 
 class WorkerPool(Generic[In, Out]):
@@ -127,6 +144,9 @@ class WorkerPool(Generic[In, Out]):
         self._ready_count = 0
         self._lock = threading.Lock()
         self.load_failed = False
+        self._worker_threads: list[threading.Thread | None] = [None] * workers
+        self._next_start_at = [0.0] * workers
+        self.restarts = 0
 
     @property
     def ready(self) -> bool:
@@ -147,15 +167,33 @@ class WorkerPool(Generic[In, Out]):
 
     def start(self) -> None:
         for index in range(self._workers):
-            self._threads.spawn(self._work, name=f"{self.kind}-{index}")
-        self._threads.every(self._watch, name=f"{self.kind}-preempt")
+            self._start_worker(index)
+        self._threads.every(self._watch, name=f"{self.kind}-watch")
+
+    def _start_worker(self, index: int) -> None:
+        # Only `start` and then the watcher's tick start workers: never two at once.
+        self._worker_threads[index] = self._threads.spawn(self._work, name=f"{self.kind}-{index}")
 
     def _watch(self) -> None:
-        """While clients wait, a step of one that has used clearly more is preempted (a long
-        step that began before the others had used anything is caught here)."""
+        """Replace a dead worker; while clients wait, preempt a step of one that has used
+        clearly more (a long step that began before the others had used anything)."""
+        for index, thread in enumerate(self._worker_threads):
+            if thread is not None and not thread.is_alive():
+                self._replace(index)
         if self._running:
             for client in self._queue.waiting_clients():
                 self._preempt_for(client)
+
+    def _replace(self, index: int) -> None:
+        # A copy that could not load will not load the second time either (`load_failed`).
+        if self.load_failed or self._stop.is_set() or time.monotonic() < self._next_start_at[index]:
+            return
+        self.restarts += 1
+        delay = min(_MAX_RESTART_DELAY_S, 0.1 * 2 ** min(self.restarts, 10))
+        self._next_start_at[index] = time.monotonic() + delay
+        logger.warning("restarting a %s worker", self.kind, extra={"restarts": self.restarts})
+        self._events.restarted()
+        self._start_worker(index)
 
     def stop(self) -> None:
         self._threads.stop(timeout_s=5)
@@ -167,7 +205,7 @@ class WorkerPool(Generic[In, Out]):
 
     async def run(self, item: In) -> Out:
         """The model's answer for `item`, within the pool's deadline."""
-        if not self.ready:
+        if self._ready_count == 0:  # one warm worker serves the queue while others (re)load
             raise EngineNotReady(f"{self.kind} engine")
         job: _Job[In, Out] = _Job(item, Deadline.after(self._timeout_s), client=current_client())
         try:
@@ -211,12 +249,38 @@ class WorkerPool(Generic[In, Out]):
             return
         with self._lock:
             self._ready_count += 1
-        if callable(getattr(model, "begin", None)):
-            self._work_in_steps(model)
-        else:
-            self._work_in_batches(model)
+        holding = _Holding[In, Out]()
+        try:
+            if callable(getattr(model, "begin", None)):
+                self._work_in_steps(model, holding)
+            else:
+                self._work_in_batches(model, holding)
+        except BaseException:
+            # Not re-raised: the thread ends here and the watcher replaces it.
+            logger.exception("a %s worker died", self.kind)
+            self._died(holding)
 
-    def _work_in_batches(self, model: BatchModel[In, Out]) -> None:
+    def _died(self, holding: _Holding[In, Out]) -> None:
+        """A dead worker's images: its callers are told at once (not ready first, so a
+        caller that sees the failure sees the pool down); the steps of those it began lived
+        in its model copy, so they are orphaned: any worker drops them unrun (`_step`)."""
+        with self._lock:
+            self._ready_count -= 1
+            self._active -= len(holding.begun)
+        for client, _ in holding.taken:
+            self._queue.step_done(client, 0.0)
+        for job in holding.begun | {job for _, job in holding.taken}:
+            if job.steps is not None:
+                job.worker = _ORPHANED
+            job.abandoned = True
+            if not job.future.done():
+                job.future.set_exception(
+                    ModelFailed(
+                        f"the {self.kind} worker stopped on this image", code=f"{self.kind}_failed"
+                    )
+                )
+
+    def _work_in_batches(self, model: BatchModel[In, Out], holding: _Holding[In, Out]) -> None:
         def is_new(job: _Job[In, Out]) -> bool:
             return True
 
@@ -224,7 +288,7 @@ class WorkerPool(Generic[In, Out]):
             taken = self._queue.take(lambda job: True, POLL_S, new=is_new)
             if taken is None:
                 continue
-            batch = [taken]
+            batch = holding.taken = [taken]
             while len(batch) < self._max_batch:
                 more = self._queue.take(lambda job: True, 0, new=is_new)
                 if more is None:
@@ -236,15 +300,17 @@ class WorkerPool(Generic[In, Out]):
             if live:
                 self._run(model, live)
             share = (time.perf_counter() - started) / len(batch)
+            holding.taken = []
             for client, _ in batch:
                 self._queue.step_done(client, share)
 
-    def _work_in_steps(self, model: Any) -> None:
+    def _work_in_steps(self, model: Any, holding: _Holding[In, Out]) -> None:
         me = threading.get_ident()
-        mine = 0  # jobs this worker has begun and not finished
 
         def runnable(job: _Job[In, Out]) -> bool:
-            return job.worker == me or (job.worker is None and mine < _ACTIVE_PER_WORKER)
+            return job.worker in (me, _ORPHANED) or (
+                job.worker is None and len(holding.begun) < _ACTIVE_PER_WORKER
+            )
 
         def is_new(job: _Job[In, Out]) -> bool:
             return job.worker is None
@@ -256,6 +322,7 @@ class WorkerPool(Generic[In, Out]):
             taken = self._queue.take(runnable, POLL_S, new=is_new, urgent=to_drop)
             if taken is None:
                 continue
+            holding.taken = [taken]
             client, job = taken
             started = job.step_started = time.perf_counter()
             begun = job.worker is None
@@ -267,13 +334,14 @@ class WorkerPool(Generic[In, Out]):
                 with self._lock:
                     del self._running[me]
             if begun and job.worker == me:
-                mine += 1
+                holding.begun.add(job)
                 with self._lock:
                     self._active += 1
             if not more and job.worker == me:
-                mine -= 1
+                holding.begun.discard(job)
                 with self._lock:
                     self._active -= 1
+            holding.taken = []
             self._queue.step_done(client, time.perf_counter() - started, job if more else None)
 
     def _step(self, model: Any, job: _Job[In, Out], me: int) -> bool:

@@ -5,19 +5,22 @@ field, OCR shared through the real Redis, and the OCR pool's faults kept to one 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
+from PIL import Image
 
+from app.engine.deadline import Deadline
 from app.engine.engine_events import MetricsWorkerEvents
 from app.engine.image_pipeline import ImageBytes
 from app.engine.ocr import OcrModel
@@ -61,6 +64,12 @@ def dry_run(
     return httpx.post(
         proxy.url + CHAT, json=body, headers={**DRY_RUN, **(headers or {})}, timeout=60
     )
+
+
+def png_of_size(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), "white").save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def content_of(reply: httpx.Response) -> str:
@@ -284,13 +293,6 @@ def test_a_poisoned_image_fails_only_its_own_request(
 ) -> None:
     proxy = start_proxy(prompt_preset="describe")
     _attach_poisoned(proxy)
-    from PIL import Image
-
-    poisoned = Image.new("RGB", (77, 40), "white")
-    import io
-
-    buffer = io.BytesIO()
-    poisoned.save(buffer, "PNG")
 
     async def both() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as client:
@@ -302,7 +304,7 @@ def test_a_poisoned_image_fails_only_its_own_request(
                             json={"messages": [image_message(data_url(image))]},
                             headers=DRY_RUN,
                         )
-                        for image in (buffer.getvalue(), text_png(["still fine"]))
+                        for image in (png_of_size(77, 40), text_png(["still fine"]))
                     )
                 )
             )
@@ -335,6 +337,60 @@ def test_ocr_past_its_deadline_is_a_504_and_the_pool_recovers(
     model.gate.set()
     again = dry_run(proxy, {"messages": [image_message(data_url(text_png(["quick again"])))]})
     assert again.status_code == 200 and has_words(content_of(again), "quick again")
+
+
+class _WorkerKilled(BaseException):
+    """A fault no per-image handler takes (not an `Exception`): it ends the worker thread."""
+
+
+class _Deadly:
+    """The real OCR model, read in steps, except that an image 77 pixels wide kills the
+    worker thread reading it."""
+
+    def __init__(self, inner: OcrModel, decode: Callable[[bytes, str], object]) -> None:
+        self.inner = inner
+        self.decode = decode
+
+    def warm_up(self) -> None:
+        self.inner.warm_up()
+
+    def run(self, items: Sequence[ImageBytes]) -> Sequence[str | BaseException]:
+        return self.inner.run(items)
+
+    def begin(self, item: ImageBytes, deadline: Deadline) -> Generator[Any, None, str]:
+        if getattr(self.decode(item.data, item.param), "width", 0) == 77:
+            raise _WorkerKilled
+        return self.inner.begin(item, deadline)
+
+
+def test_a_dead_ocr_worker_fails_its_image_at_once_and_is_replaced(
+    start_proxy: Callable[..., ProxyServer],
+) -> None:
+    proxy = start_proxy(prompt_preset="describe")
+    engine = proxy.app.state.clip_proxy.engine
+    decode = engine._images.decode
+    loads: list[int] = []
+
+    def load() -> _Deadly:
+        loads.append(1)
+        return _Deadly(OcrModel.load(threads=1, decode=decode), decode)
+
+    events = MetricsWorkerEvents(proxy.app.state.clip_proxy.metrics, "ocr")
+    # A deadline no answer here meets: the dead worker's image fails with the model's
+    # code at once, not with `engine_timeout` after it.
+    pool: WorkerPool[ImageBytes, str] = WorkerPool("ocr", load, timeout_s=120, events=events)
+    pool.start()
+    assert pool.wait_ready(30)
+    engine.attach_ocr_pool(pool)
+
+    killer = dry_run(proxy, {"messages": [image_message(data_url(png_of_size(77, 40)))]})
+
+    assert killer.status_code == 500 and killer.json()["error"]["code"] == "ocr_failed"
+    asyncio.run(wait_for(lambda: httpx.get(proxy.url + "/readyz").status_code == 200, 60))
+    assert len(loads) == 2  # the replacement loaded its own copy of the model
+    assert metric_value(proxy.url, "clip_proxy_words_worker_restarts_total", kind="ocr") == 1
+    after = dry_run(proxy, {"messages": [image_message(data_url(text_png(["read after"])))]})
+    assert after.status_code == 200 and has_words(content_of(after), "read after")
 
 
 def test_captions_from_the_tiny_captioner_reach_the_prompt(
