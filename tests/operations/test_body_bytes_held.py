@@ -11,38 +11,20 @@ import contextlib
 import io
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 from PIL import Image
 
 from tests.helpers import metric_value
-from tests.operations.test_front_door import HELLO, MiB, Served, connect, read_reply
+from tests.operations.served import Served, connect, read_reply
+from tests.operations.test_front_door import HELLO, MiB
 from tests.processes import scaled
-from tests.upstream_server import FakeUpstream
 
 HELD = "clip_proxy_body_bytes_held"
 CHAT = "/v1/chat/completions"
-
-
-@pytest.fixture
-def serve(test_model_dir: Path, upstream: FakeUpstream) -> Iterator[Callable[..., Served]]:
-    started: list[Served] = []
-
-    def start(**settings: Any) -> Served:
-        served = Served(test_model_dir, upstream, **settings)
-        started.append(served)
-        served.wait_ready()
-        return served
-
-    yield start
-    for served in started:
-        served.stop()
 
 
 def open_body(served: Served, declared: int, sent: int) -> socket.socket:

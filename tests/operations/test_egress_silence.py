@@ -13,7 +13,6 @@ import http.server
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +20,7 @@ import pytest
 
 from tests.egress_proxy import EgressProxy, via_test_name
 from tests.helpers import data_url, image_message, text_png
-from tests.operations.test_front_door import Served
+from tests.operations.served import Served
 from tests.processes import scaled
 from tests.upstream_server import FakeUpstream
 
@@ -67,32 +66,23 @@ def egress() -> Iterator[EgressProxy]:
 
 
 @pytest.fixture
-def serve_describing(
-    test_model_dir: Path, upstream: FakeUpstream, egress: EgressProxy
-) -> Iterator[Callable[..., Served]]:
-    started: list[Served] = []
+def serve_describing(serve: Callable[..., Served], egress: EgressProxy) -> Callable[..., Served]:
+    """`serve` with the describe preset, OCR and every proxy variable naming `egress`."""
 
     def start(**settings: Any) -> Served:
         environ: dict[str, str | None] = {}
         for name in PROXY_VARIABLES:
             environ[name] = environ[name.lower()] = egress.url
         environ["NO_PROXY"] = environ["no_proxy"] = None
-        served = Served(
-            test_model_dir,
-            upstream,
+        return serve(
             environ=environ,
             prompt_preset="describe",
             ocr_enabled="true",
             fetch_allow_networks="127.0.0.0/8",
             **settings,
         )
-        started.append(served)
-        served.wait_ready()
-        return served
 
-    yield start
-    for served in started:
-        served.stop()
+    return start
 
 
 def one_of_each(served: Served, page_port: int, seed: int) -> None:
