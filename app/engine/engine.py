@@ -22,7 +22,6 @@ the one "not ready" answer of every part of the engine.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Sequence
 from importlib import metadata
@@ -33,18 +32,18 @@ from app.engine import clip
 from app.engine.cache import EmbeddingCache, ImageEmbedding, WordsCache, namespace_of
 from app.engine.cache_backends import RedisBackend, build_backends
 from app.engine.cache_scope import CacheScope
-from app.engine.caption import Captioner
 from app.engine.describe import ImageDescription, ImageWords, WordsOptions, build_labeler
-from app.engine.engine_events import MetricsPoolEvents, MetricsWorkerEvents, watch
+from app.engine.engine_events import MetricsPoolEvents, watch
 from app.engine.gpu_decode import gpu_jpeg_decoder
 from app.engine.image_pipeline import ImageBytes, ImagePipeline
 from app.engine.labels import Labeler
-from app.engine.ocr import OcrModel, ocr_identity
+from app.engine.ocr import ocr_identity
 from app.engine.pool import EncoderPool
 from app.engine.preprocess import PREPROCESS_VERSION
 from app.engine.source import ModelUnavailable, check_model_source, describe_load_failure
 from app.engine.text import ClipTextEncoder, load_logit_scale, model_identity
 from app.engine.text_pipeline import TextPipeline, Vectors
+from app.engine.words_pools import words_pools
 from app.engine.workers import WorkerPool
 from app.ingest.fetch import SafeFetcher
 from app.ingest.sources import ImageLimits, ImageSource
@@ -135,39 +134,7 @@ class Engine:
             preprocess_threads=settings.preprocess_threads,
             metrics=metrics,
         )
-        ocr = captions = None
-        if settings.ocr_enabled:
-            ocr = WorkerPool(
-                "ocr",
-                functools.partial(
-                    OcrModel.load,
-                    threads=settings.ocr_threads,
-                    decode=images.decode,
-                    use_cuda=settings.ocr_device == "cuda",
-                    max_boxes=settings.ocr_max_boxes,
-                    layout=settings.ocr_layout,
-                    gate_side=settings.ocr_gate_side,
-                    on_skip=lambda reason: metrics.ocr_skipped.labels(reason=reason).inc(),
-                ),
-                workers=settings.ocr_workers,
-                max_queue=settings.ocr_queue_size,
-                timeout_s=settings.ocr_timeout_s,
-                events=MetricsWorkerEvents(metrics, "ocr"),
-            )
-        if settings.caption_model:
-            captions = WorkerPool(
-                "caption",
-                functools.partial(
-                    Captioner.load,
-                    settings.caption_model,
-                    caption_device(settings.caption_device),
-                    images.decode,
-                ),
-                max_batch=settings.caption_max_batch,
-                max_queue=settings.caption_queue_size,
-                timeout_s=settings.caption_timeout_s,
-                events=MetricsWorkerEvents(metrics, "caption"),
-            )
+        ocr, captions = words_pools(settings, metrics, images.decode)
         return cls(settings, images, TextPipeline(), cache, metrics, ocr=ocr, captions=captions)
 
     @staticmethod
@@ -393,11 +360,3 @@ def document_identity(settings: Settings) -> str:
         f"pypdfium2@{metadata.version('pypdfium2')}|dpi={settings.document_render_dpi}"
         f"|px={settings.document_render_max_pixels}|{ocr}"
     )
-
-
-def caption_device(setting: str) -> str:
-    """`auto`: the first GPU if there is one, else the CPU."""
-    if setting != "auto":
-        return "cuda:0" if setting == "cuda" else setting
-    devices = clip.resolve_devices(["auto"])
-    return devices[0]

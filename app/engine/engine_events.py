@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from app.engine.image_pipeline import ImageBytes
 from app.engine.pool_jobs import BatchReport, PoolEvents
-from app.engine.workers import WorkerEvents, WorkerPool
+from app.engine.words_jobs import WorkerEvents
+from app.engine.workers import WorkerPool
 from app.metrics import Metrics
 
 

@@ -21,8 +21,8 @@ the GPU), skips items whose caller has gone, and hands the batch to `model.run`,
 answers one result or one exception per item.
 
 The queue is shared fairly between clients (`fair_queue.py`: the least-served client goes
-next). A model that can cut its work into steps (`SteppedModel`: OCR, `ocr_steps.py`) is
-run one step at a time: after each step the image waits its client's turn again, so a
+next). A model that can cut its work into steps (`words_jobs.SteppedModel`: OCR,
+`ocr_steps.py`) is run one step at a time: after each step the image waits its client's turn again, so a
 long image interleaves with other clients' images, and one past its deadline is dropped
 before its next step (and its running inference ended), which frees the worker.
 """
@@ -34,86 +34,31 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic
 
 from app.engine.deadline import Deadline
 from app.engine.fair_queue import YIELD_SLACK_S, FairQueue
 from app.engine.supervisor import POLL_S, Supervisor
+from app.engine.words_jobs import (
+    BatchModel,
+    Holding,
+    In,
+    Job,
+    Out,
+    WorkerEvents,
+)
 from app.errors import EngineNotReady, EngineTimeout, ModelFailed, Overloaded, ProxyError
 from app.observability.tenant import current_client
 
 logger = logging.getLogger(__name__)
 
-In = TypeVar("In")
-Out = TypeVar("Out")
-In_contra = TypeVar("In_contra", contravariant=True)
-Out_co = TypeVar("Out_co", covariant=True)
-
 # Images a worker has begun and interleaves at once (each holds its decoded pixels).
 _ACTIVE_PER_WORKER = 4
 # A worker that keeps dying is restarted with growing pauses, up to this one.
 _MAX_RESTART_DELAY_S = 30.0
-# `_Job.worker` of a job whose worker died: no worker steps it again, any may drop it.
+# `Job.worker` of a job whose worker died: no worker steps it again, any may drop it.
 _ORPHANED = -1
-
-
-class BatchModel(Protocol[In_contra, Out_co]):
-    """What a worker needs from a model copy (see `OcrModel`, `Captioner`)."""
-
-    def run(self, items: Sequence[In_contra]) -> Sequence[Out_co | BaseException]:
-        """One result, or the exception it raised, per item, in order."""
-        ...
-
-    def warm_up(self) -> None: ...
-
-
-class SteppedModel(Protocol[In_contra, Out_co]):
-    """A model that can also read one item as steps: each `next()` runs one, the return
-    value is the result (see `OcrModel.begin`)."""
-
-    def begin(self, item: In_contra, deadline: Deadline) -> Generator[Any, None, Out_co]:
-        """Each step may yield a handle whose `terminate` the pool sets to stop that
-        item's running step for a neighbour's (ONNX Runtime's `RunOptions`); None else."""
-        ...
-
-
-class WorkerEvents:
-    """What a pool tells the metrics; the default tells nobody."""
-
-    def ran(self, size: int, seconds: float, queue_wait_s: list[float]) -> None:
-        pass
-
-    def failed(self, reason: str) -> None:
-        pass
-
-    def restarted(self) -> None:
-        pass
-
-
-@dataclass(eq=False)
-class _Job(Generic[In, Out]):
-    item: In
-    deadline: Deadline = field(default_factory=lambda: Deadline(float("inf")))
-    future: Future[Out] = field(default_factory=Future)
-    queued_at: float = field(default_factory=time.perf_counter)
-    client: str = ""
-    steps: Generator[Any, None, Out] | None = None  # once begun (a stepped model)
-    interrupt: Any = None  # what the model yielded to stop its running step with
-    step_started: float = 0.0
-    worker: int | None = None  # the worker that began it, and the only one to step it
-    started_at: float = 0.0
-    abandoned: bool = False  # its caller has gone (timed out or left)
-
-
-@dataclass(eq=False)
-class _Holding(Generic[In, Out]):
-    """What one worker holds, so that its death fails exactly these images."""
-
-    taken: list[tuple[str, _Job[In, Out]]] = field(default_factory=list)  # step not done
-    begun: set[_Job[In, Out]] = field(default_factory=set)  # stepped, begun, not finished
 
 
 class WorkerPool(Generic[In, Out]):
@@ -136,9 +81,9 @@ class WorkerPool(Generic[In, Out]):
         self._max_batch = max_batch
         self._timeout_s = timeout_s
         self._events = events or WorkerEvents()
-        self._queue: FairQueue[_Job[In, Out]] = FairQueue(max_queue)
+        self._queue: FairQueue[Job[In, Out]] = FairQueue(max_queue)
         self._active = 0  # jobs begun and not finished (holding a worker's time)
-        self._running: dict[int, _Job[In, Out]] = {}  # the job each stepping worker is in
+        self._running: dict[int, Job[In, Out]] = {}  # the job each stepping worker is in
         self._threads = Supervisor()
         self._stop = self._threads.stopping
         self._ready_count = 0
@@ -207,7 +152,7 @@ class WorkerPool(Generic[In, Out]):
         """The model's answer for `item`, within the pool's deadline."""
         if self._ready_count == 0:  # one warm worker serves the queue while others (re)load
             raise EngineNotReady(f"{self.kind} engine")
-        job: _Job[In, Out] = _Job(item, Deadline.after(self._timeout_s), client=current_client())
+        job: Job[In, Out] = Job(item, Deadline.after(self._timeout_s), client=current_client())
         try:
             self._queue.put(job.client, job)
         except queue.Full:
@@ -249,7 +194,7 @@ class WorkerPool(Generic[In, Out]):
             return
         with self._lock:
             self._ready_count += 1
-        holding = _Holding[In, Out]()
+        holding = Holding[In, Out]()
         try:
             if callable(getattr(model, "begin", None)):
                 self._work_in_steps(model, holding)
@@ -260,7 +205,7 @@ class WorkerPool(Generic[In, Out]):
             logger.exception("a %s worker died", self.kind)
             self._died(holding)
 
-    def _died(self, holding: _Holding[In, Out]) -> None:
+    def _died(self, holding: Holding[In, Out]) -> None:
         """A dead worker's images: its callers are told at once (not ready first, so a
         caller that sees the failure sees the pool down); the steps of those it began lived
         in its model copy, so they are orphaned: any worker drops them unrun (`_step`)."""
@@ -280,8 +225,8 @@ class WorkerPool(Generic[In, Out]):
                     )
                 )
 
-    def _work_in_batches(self, model: BatchModel[In, Out], holding: _Holding[In, Out]) -> None:
-        def is_new(job: _Job[In, Out]) -> bool:
+    def _work_in_batches(self, model: BatchModel[In, Out], holding: Holding[In, Out]) -> None:
+        def is_new(job: Job[In, Out]) -> bool:
             return True
 
         while not self._stop.is_set():
@@ -304,18 +249,18 @@ class WorkerPool(Generic[In, Out]):
             for client, _ in batch:
                 self._queue.step_done(client, share)
 
-    def _work_in_steps(self, model: Any, holding: _Holding[In, Out]) -> None:
+    def _work_in_steps(self, model: Any, holding: Holding[In, Out]) -> None:
         me = threading.get_ident()
 
-        def runnable(job: _Job[In, Out]) -> bool:
+        def runnable(job: Job[In, Out]) -> bool:
             return job.worker in (me, _ORPHANED) or (
                 job.worker is None and len(holding.begun) < _ACTIVE_PER_WORKER
             )
 
-        def is_new(job: _Job[In, Out]) -> bool:
+        def is_new(job: Job[In, Out]) -> bool:
             return job.worker is None
 
-        def to_drop(job: _Job[In, Out]) -> bool:
+        def to_drop(job: Job[In, Out]) -> bool:
             return job.steps is not None and (job.abandoned or job.deadline.expired())
 
         while not self._stop.is_set():
@@ -344,7 +289,7 @@ class WorkerPool(Generic[In, Out]):
             holding.taken = []
             self._queue.step_done(client, time.perf_counter() - started, job if more else None)
 
-    def _step(self, model: Any, job: _Job[In, Out], me: int) -> bool:
+    def _step(self, model: Any, job: Job[In, Out], me: int) -> bool:
         """One step of `job`; True when it has more."""
         if job.steps is None:
             if not job.future.set_running_or_notify_cancel():
@@ -379,7 +324,7 @@ class WorkerPool(Generic[In, Out]):
             self._settle(job, exc)
         return False
 
-    def _run(self, model: BatchModel[In, Out], jobs: list[_Job[In, Out]]) -> None:
+    def _run(self, model: BatchModel[In, Out], jobs: list[Job[In, Out]]) -> None:
         started = time.perf_counter()
         waits = [started - job.queued_at for job in jobs]
         try:
@@ -395,7 +340,7 @@ class WorkerPool(Generic[In, Out]):
             else:
                 job.future.set_result(result)
 
-    def _settle(self, job: _Job[In, Out], result: BaseException) -> None:
+    def _settle(self, job: Job[In, Out], result: BaseException) -> None:
         """A job's failure: the client's own fault as it is, the model's as `ModelFailed`."""
         if isinstance(result, ProxyError):
             self._events.failed("invalid" if result.status_code < 500 else "failed")

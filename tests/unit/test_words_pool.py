@@ -12,7 +12,8 @@ from collections.abc import Generator, Sequence
 import pytest
 
 from app.engine.deadline import Deadline
-from app.engine.workers import BatchModel, WorkerEvents, WorkerPool
+from app.engine.words_jobs import BatchModel, WorkerEvents
+from app.engine.workers import WorkerPool
 from app.errors import ModelFailed
 from tests.helpers import wait_for
 from tests.processes import scaled
