@@ -22,9 +22,10 @@ answers one result or one exception per item.
 
 The queue is shared fairly between clients (`fair_queue.py`: the least-served client goes
 next). A model that can cut its work into steps (`words_jobs.SteppedModel`: OCR,
-`ocr_steps.py`) is run one step at a time: after each step the image waits its client's turn again, so a
-long image interleaves with other clients' images, and one past its deadline is dropped
-before its next step (and its running inference ended), which frees the worker.
+`ocr_steps.py`) is run one step at a time: after each step the image waits its client's
+turn again, so a long image interleaves with other clients' images, and one past its
+deadline is dropped before its next step (and its running inference ended), which frees
+the worker.
 """
 
 from __future__ import annotations
