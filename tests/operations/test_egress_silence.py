@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import http.server
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from tests.egress_proxy import EgressProxy, via_test_name
-from tests.helpers import data_url, image_message, text_png
+from tests.helpers import data_url, image_message, serving, text_png
 from tests.operations.served import Served
 from tests.processes import scaled
 from tests.upstream_server import FakeUpstream
@@ -51,12 +50,8 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def page_host() -> Iterator[PageHost]:
-    server = PageHost(("127.0.0.1", 0), PageHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(PageHost(("127.0.0.1", 0), PageHandler)) as server:
+        yield server
 
 
 @pytest.fixture

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
-from tests.helpers import DATA, ProxyServer
+from tests.helpers import DATA, ProxyServer, serving
 from tests.upstream_server import FakeUpstream
 
 CAT = (DATA / "chelsea.png").read_bytes()
@@ -61,12 +60,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def image_host() -> Iterator[ImageHost]:
-    server = ImageHost(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(ImageHost(("127.0.0.1", 0), Handler)) as server:
+        yield server
 
 
 def ask(proxy: ProxyServer, url: str) -> httpx.Response:

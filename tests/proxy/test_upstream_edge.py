@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.egress_proxy import EgressProxy, via_test_name
-from tests.helpers import DRY_RUN, ProxyServer, free_port, image_message, metric_value
+from tests.helpers import DRY_RUN, ProxyServer, free_port, image_message, metric_value, serving
 from tests.proxy.test_fetch import Handler, ImageHost
 from tests.tls_certs import Pki, make_pki
 from tests.upstream_server import FakeUpstream, Reply, Wire
@@ -247,12 +246,8 @@ def test_an_http_upstream_goes_through_the_proxy_in_absolute_form(
 
 @pytest.fixture
 def image_host() -> Iterator[ImageHost]:
-    server = ImageHost(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(ImageHost(("127.0.0.1", 0), Handler)) as server:
+        yield server
 
 
 def test_fetch_proxy_is_opt_in_and_the_ssrf_rules_run_first(
