@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,10 @@ from app.observability.request_context import note_stage
 
 # The text shown for an image OCR gave up on recently (the prompt says it was not read).
 OCR_NOT_READ = "[not read: OCR gave up on this image's text; it is not retried for a while]"
+
+
+class _Remembered(Exception):
+    """OCR passed its deadline on this image recently (here or on another replica)."""
 
 
 @dataclass(frozen=True)
@@ -138,11 +143,20 @@ class ImageWords:
         if self.ocr is None:
             return ""
         key = self.ocr_cache.key(image.sha256)  # the tenant's own, like the cache entry
-        if await self._ocr_failures.recalls(key):
+        pool = self.ocr
+
+        async def read_unless_remembered() -> str:
+            # Asked on a cache miss only: a hit (every later turn) costs no failure lookup,
+            # which with Redis is a round trip.
+            if await self._ocr_failures.recalls(key):
+                raise _Remembered
+            return await pool.run(image)
+
+        try:
+            return await self._words(pool, self.ocr_cache, image, read_unless_remembered)
+        except _Remembered:
             self._metrics.words_errors.labels(kind="ocr", reason="remembered").inc()
             return OCR_NOT_READ
-        try:
-            return await self._words(self.ocr, self.ocr_cache, image)
         except EngineTimeout:
             await self._ocr_failures.remember(key)
             raise
@@ -153,13 +167,18 @@ class ImageWords:
         return self.labeler.describe(embedding.vector)
 
     async def _words(
-        self, pool: WorkerPool[ImageBytes, str] | None, cache: WordsCache, image: ImageBytes
+        self,
+        pool: WorkerPool[ImageBytes, str] | None,
+        cache: WordsCache,
+        image: ImageBytes,
+        compute: Callable[[], Awaitable[str]] | None = None,
     ) -> str:
+        """The pool's words for `image` from `cache`, else `compute()`'s (the pool's run)."""
         if pool is None:
             return ""
         started = time.perf_counter()
         try:
-            return await cache.get_or_compute(image.sha256, lambda: pool.run(image))
+            return await cache.get_or_compute(image.sha256, compute or (lambda: pool.run(image)))
         except ProxyError as exc:
             own = own_param(exc, image.param)
             if own is exc:
